@@ -1,0 +1,64 @@
+"""`wks`: one entry point, one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from wks import __version__, logs
+from wks.config import Settings
+from wks.errors import ConfigError, WksError
+
+# each module has add_parser(subparsers) registering a parser whose `func(args, settings)`
+# returns the exit code
+COMMANDS = [
+    "up", "api", "worker", "emit", "replay", "audit", "dead", "backup", "restore", "token",
+    "schema", "bench",
+]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's module is imported (fast start-up:
+    `wks emit` need not import the HTTP server)."""
+    parser = argparse.ArgumentParser(
+        prog="wks",
+        description="Track workflow executions from Redis Streams into SQLite; "
+        "settings come from WKS_* environment variables and ./wks.toml.",
+    )
+    parser.add_argument("--version", action="version", version=f"wks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in [only] if only in COMMANDS else COMMANDS:
+        try:
+            module = importlib.import_module(f"wks.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"wks.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(os.environ)
+    except ConfigError as exc:
+        print(f"wks: bad setting {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
+    try:
+        return int(args.func(args, settings) or 0)
+    except WksError as exc:
+        print(f"wks {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Running long-lived services in one process: Redis connection, signals, shutdown.
+
+Shutdown in two steps: the first SIGTERM/SIGINT sets `stop` (services read nothing more and
+finish the batch in hand); if they have not returned within `shutdownGrace`, or a second
+signal arrives, they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+from loguru import logger
+
+from wks.config import Settings
+from wks.redis import (
+    RedisServer,
+    client,
+    ping,
+    remove_url_file,
+    start_managed,
+)
+
+Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """What the services of one process share."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    url: str
+    mode: str  # managed | external
+    server: RedisServer | None = None
+    readers: dict[str, Any] = field(default_factory=dict)  # group -> GroupReader (for /health)
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        return None
+    return parsed.hostname, parsed.port or 6379
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, *, manage: bool = False) -> AsyncIterator[Runtime]:
+    """Connect to the configured Redis; with `manage`, start the embedded one when none is."""
+    server: RedisServer | None = None
+    url = settings.redis_url
+    mode = "external" if settings.redis_url_source in ("env", "toml") else "managed"
+    if manage and settings.redis_url_source in ("file", "default"):
+        hp = _host_port(url) if url else None
+        if hp is None or not ping(*hp):
+            server = await asyncio.to_thread(start_managed, settings.var_dir)
+            url = server.url
+            logger.info("started managed redis-server {} at {}", server.binary, url)
+    url = url or settings.effective_redis_url()
+    redis = client(url)
+    try:
+        yield Runtime(settings, redis, url, mode, server)
+    finally:
+        await redis.aclose()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+            remove_url_file(settings.redis_url_file, server.url)
+
+
+async def supervise(services: dict[str, Service], grace: float) -> int:
+    """Run services until they return or a signal stops them; the exit code."""
+    stop = asyncio.Event()
+    abort = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            logger.warning("second {}: aborting now", signame)
+            abort.set()
+        else:
+            logger.info("{}: stopping; finishing the batch in hand (grace {}s)", signame, grace)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    failures: list[str] = []
+
+    async def guard(name: str, service: Service) -> None:
+        try:
+            await service(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.opt(exception=exc).error("service {} failed: {}", name, exc)
+            failures.append(name)
+            stop.set()  # take the rest down gracefully
+
+    tasks = [asyncio.create_task(guard(n, s), name=n) for n, s in services.items()]
+    everything = asyncio.gather(*tasks)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            aborted = asyncio.create_task(abort.wait())
+            await asyncio.wait([everything, aborted], timeout=grace,
+                               return_when=asyncio.FIRST_COMPLETED)
+            aborted.cancel()
+            if not everything.done():
+                logger.warning("services still running after the grace time; cancelling")
+                for t in tasks:
+                    t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await everything
+    finally:
+        stopped.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 1 if failures else 0

@@ -1,0 +1,47 @@
+"""The long-running services a process can run, built from a `Runtime`.
+
+`wks up` runs all of them; `wks worker` the consumer groups; `wks api` the HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from consumers.reader import GroupReader
+from consumers.retention import retention_service
+from consumers.state import StateHandler
+from wks.cli.backup_service import backup_service
+from wks.cli.runtime import Runtime, Service
+from wks.keys import GROUP_BACKUP, GROUP_STATE
+from wks.store import Store
+
+
+def state_service(rt: Runtime, *, burst: bool = False) -> Service:
+    """The `state` group: fold the workflow stream into SQLite and the Redis mirror."""
+    settings = rt.settings
+    keys = settings.keys
+
+    async def run(stop: asyncio.Event) -> None:
+        store = await Store.open(settings.db_path)
+        try:
+            handler = StateHandler(
+                store, rt.redis, keys, settings.state_ttl,
+                crash_after_commit=settings.debug_crash_after_commit,
+            )
+            reader = GroupReader(
+                rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
+                handler=handler, claim_idle=settings.claim_idle,
+                max_deliveries=settings.max_deliveries, burst=burst,
+            )
+            rt.readers[GROUP_STATE] = reader
+            await reader.run(stop)
+        finally:
+            await store.close()
+
+    return run
+
+
+# "retention" is not a consumer group but runs wherever the groups run (worker and up):
+# the trimmer, one pass at a time across workers under lock `trim`
+GROUP_SERVICES = {GROUP_STATE: state_service, GROUP_BACKUP: backup_service,
+                  "retention": retention_service}

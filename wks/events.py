@@ -1,0 +1,204 @@
+"""Wire format v1 (SPEC section 3): tagged msgspec Structs, one union, one decoder.
+
+Stream entries carry one field, `event`, holding one of these as UTF-8 JSON with camelCase
+keys and a `type` tag. Unknown keys are ignored (forward compatibility); a missing required
+key, a wrong type or a broken bound raises `BadEventError`. Schema evolution follows msgspec's
+rules: new fields get defaults, a field's type never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from wks.errors import BadEventError
+
+MAX_ENTRY_BYTES = 256 * 1024
+MAX_DATA_BYTES = 64 * 1024
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Ts = Annotated[int, msgspec.Meta(ge=0, description="epoch milliseconds, set by the producer")]
+Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at most 64 KiB encoded")]
+BackupType = Literal["manual", "scheduled", "pre-migration"]
+
+
+class _Event(msgspec.Struct, tag_field="type", rename="camel", frozen=True, kw_only=True,
+             omit_defaults=True):
+    ts: Ts
+
+
+class WorkflowStarted(_Event, tag="workflow.started"):
+    execution_id: Id
+    workflow_id: Id
+    total_steps: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+    data: Data | None = None
+    owner: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    event_id: EventId | None = None
+
+
+class WorkflowProgress(_Event, tag="workflow.progress"):
+    execution_id: Id
+    completed_steps: Annotated[int, msgspec.Meta(ge=0)]
+    current_step: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    data: Data | None = None
+    event_id: EventId | None = None
+
+
+class WorkflowCompleted(_Event, tag="workflow.completed"):
+    execution_id: Id
+    data: Data | None = None
+    event_id: EventId | None = None
+
+
+class WorkflowFailed(_Event, tag="workflow.failed"):
+    execution_id: Id
+    error: Annotated[str, msgspec.Meta(max_length=4096)]
+    event_id: EventId | None = None
+
+
+class WorkflowCancelled(_Event, tag="workflow.cancelled"):
+    execution_id: Id
+    reason: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    event_id: EventId | None = None
+
+
+class BackupRequested(_Event, tag="backup.requested"):
+    request_id: Id
+    backup_type: BackupType = "manual"
+    requested_by: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class BackupVerifyRequested(_Event, tag="backup.verify_requested"):
+    request_id: Id
+    backup_id: Annotated[int, msgspec.Meta(ge=1)]
+    requested_by: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class BackupCompleted(_Event, tag="backup.completed"):
+    backup_id: int
+    backup_type: BackupType
+    file_path: str
+    file_size_bytes: int
+    checksum: str
+    duration_ms: int
+    request_id: str | None = None
+    fencing_token: int | None = None
+
+
+class BackupFailed(_Event, tag="backup.failed"):
+    error: str
+    backup_id: int | None = None
+    backup_type: BackupType | None = None
+    request_id: str | None = None
+
+
+class BackupVerified(_Event, tag="backup.verified"):
+    backup_id: int
+    valid: bool
+    message: str
+    checks: dict[str, bool] = {}
+    request_id: str | None = None
+
+
+WorkflowEvent = WorkflowStarted | WorkflowProgress | WorkflowCompleted | WorkflowFailed | \
+    WorkflowCancelled
+BackupCommand = BackupRequested | BackupVerifyRequested
+ResultEvent = BackupCompleted | BackupFailed | BackupVerified
+Event = WorkflowEvent | BackupCommand | ResultEvent
+
+class StreamEntry(msgspec.Struct, frozen=True):
+    """A decoded event with the stream entry it arrived in."""
+
+    entry_id: str
+    event: Any
+    raw: bytes
+
+    @property
+    def key(self) -> str:
+        """The event's identity and stamp tiebreak: its eventId, or the entry id standing in."""
+        return getattr(self.event, "event_id", None) or self.entry_id
+
+
+WORKFLOW_TYPES = ("workflow.started", "workflow.progress", "workflow.completed",
+                  "workflow.failed", "workflow.cancelled")
+TERMINAL_TYPES = ("workflow.completed", "workflow.failed", "workflow.cancelled")
+
+_workflow_decoder = msgspec.json.Decoder(WorkflowEvent)
+_backup_decoder = msgspec.json.Decoder(BackupCommand)
+_any_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def event_type(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def _check_size(raw: bytes) -> None:
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise BadEventError(f"entry is {len(raw)} bytes, over the {MAX_ENTRY_BYTES} byte limit")
+
+
+def _check_data(event: Any, raw_len: int) -> None:
+    # data can only exceed 64 KiB when the whole entry does; skip the re-encode otherwise
+    if raw_len > MAX_DATA_BYTES and getattr(event, "data", None) is not None:
+        size = len(_encoder.encode(event.data))
+        if size > MAX_DATA_BYTES:
+            raise BadEventError(f"data is {size} bytes encoded, over the {MAX_DATA_BYTES} limit")
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
+    _check_size(raw)
+    try:
+        event = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise BadEventError(f"invalid event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadEventError(f"not JSON: {exc}") from None
+    _check_data(event, len(raw))
+    return event
+
+
+def decode_workflow(raw: bytes) -> WorkflowEvent:
+    """Decode one workflow-stream entry, or raise BadEventError with the reason."""
+    return _decode(_workflow_decoder, raw)  # type: ignore[no-any-return]
+
+
+def decode_backup(raw: bytes) -> BackupCommand:
+    """Decode one backup-stream entry, or raise BadEventError with the reason."""
+    return _decode(_backup_decoder, raw)  # type: ignore[no-any-return]
+
+
+def decode_any(raw: bytes) -> Event:
+    return _decode(_any_decoder, raw)  # type: ignore[no-any-return]
+
+
+def validate(obj: Any) -> WorkflowEvent:
+    """Validate an already-parsed JSON value (HTTP ingest) as a workflow event."""
+    try:
+        event = msgspec.convert(obj, WorkflowEvent)
+    except msgspec.ValidationError as exc:
+        raise BadEventError(f"invalid event: {exc}") from None
+    raw = _encoder.encode(event)
+    _check_size(raw)
+    _check_data(event, len(raw))
+    return event  # type: ignore[no-any-return]
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every event type on the wire, for producers in any language."""
+    schema = msgspec.json.schema(Event)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "wks event, wire format v1"
+    schema["description"] = (
+        "One stream entry: field `event` holds one of these as UTF-8 JSON. Workflow events go "
+        "to {prefix}:stream:workflow, backup commands to {prefix}:stream:backup; workers write "
+        "backup.completed/failed/verified to {prefix}:stream:results. Unknown keys are ignored. "
+        "An entry over 262144 bytes, or `data` over 65536 bytes encoded, is rejected."
+    )
+    return schema

@@ -1,0 +1,1 @@
+"""The aiohttp application: state, health, metrics, ingest, audit, backups."""

@@ -1,0 +1,82 @@
+"""The application's typed state (`web.AppKey`) and the publisher seam.
+
+Kept apart from `app.py` so route modules can import the keys without importing the
+factory that imports them. `wks.http.app` re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from wks.config import Settings
+from wks.events import BackupRequested, Event, encode
+from wks.http.ratelimit import RateLimiter
+from wks.keys import EVENT_FIELD, Keys
+from wks.store import Store, now_ms
+
+if TYPE_CHECKING:
+    from wks.cli.runtime import Runtime
+
+
+class Publisher(Protocol):
+    """What the API needs from a producer."""
+
+    async def publish(self, event: Event, stream: str | None = None) -> str | None: ...
+
+    async def publish_many(
+        self, events: Sequence[Event], stream: str | None = None
+    ) -> list[str] | None: ...
+
+    async def request_backup(
+        self, request_id: str | None = None, *, backup_type: str = "manual",
+        requested_by: str | None = None,
+    ) -> tuple[str, str | None]: ...
+
+
+class StreamPublisher:
+    """A minimal unbuffered publisher: one MULTI of XADDs per call (used when none is given)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def publish(self, event: Event, stream: str | None = None) -> str | None:
+        ids = await self.publish_many([event], stream)
+        return ids[0] if ids else None
+
+    async def publish_many(
+        self, events: Sequence[Event], stream: str | None = None
+    ) -> list[str] | None:
+        target = stream or self.keys.workflow_stream
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                pipe.xadd(target, {EVENT_FIELD: encode(event)})
+            raw = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+
+    async def request_backup(
+        self, request_id: str | None = None, *, backup_type: str = "manual",
+        requested_by: str | None = None,
+    ) -> tuple[str, str | None]:
+        rid = request_id or uuid.uuid4().hex
+        event = BackupRequested(request_id=rid, backup_type=backup_type,  # type: ignore[arg-type]
+                                requested_by=requested_by, ts=now_ms())
+        return rid, await self.publish(event, self.keys.backup_stream)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", aioredis.Redis)
+STORE = web.AppKey("store", Store)
+PRODUCER: web.AppKey[Publisher] = web.AppKey("producer")
+RUNTIME: web.AppKey[Runtime | None] = web.AppKey("runtime")
+SHUTDOWN = web.AppKey("shutdown", asyncio.Event)  # set when the server begins to stop
+
+
+LIMITER = web.AppKey("limiter", RateLimiter)
+OPENAPI_DOC: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

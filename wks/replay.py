@@ -1,0 +1,108 @@
+"""Reading a stream back in pages and folding it into a store (replay, restore catch-up).
+
+Memory stays flat: one page (default 1000 entries) is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis.asyncio as aioredis
+
+from wks.errors import BadEventError
+from wks.events import StreamEntry, decode_workflow
+from wks.keys import EVENT_FIELD
+from wks.store import Store
+
+_ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+
+
+def parse_bound(text: str, *, end: bool = False) -> str:
+    """`--from`/`--to` values -> an XRANGE bound: an entry id, epoch ms, or an ISO time."""
+    value = text.strip()
+    if value in ("-", "+"):
+        return value
+    if _ENTRY_ID.match(value):
+        if "-" in value:
+            return value
+        return f"{value}-{18446744073709551615 if end else 0}"  # a whole millisecond
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"not an entry id, epoch milliseconds or ISO-8601 time: {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"give a time zone (e.g. {value}Z for UTC): {text!r}")
+    ms = int(moment.timestamp() * 1000)
+    return f"{ms}-{18446744073709551615 if end else 0}"
+
+
+Page = list[tuple[str, dict[bytes, bytes]]]
+
+
+async def iter_pages(
+    redis: aioredis.Redis, stream: str, start: str = "-", end: str = "+", page: int = 1000
+) -> AsyncIterator[Page]:
+    """XRANGE `stream` from `start` to `end` (inclusive) a page at a time."""
+    cursor = start
+    while True:
+        rows = await redis.xrange(stream, min=cursor, max=end, count=page)
+        if not rows:
+            return
+        out = [(mid.decode() if isinstance(mid, bytes) else mid, fields) for mid, fields in rows]
+        yield out
+        if len(rows) < page:
+            return
+        cursor = f"({out[-1][0]}"  # exclusive start (Redis 6.2+)
+
+
+def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
+    """Decoded workflow entries, and (entry id, reason) for the ones that are bad."""
+    good: list[StreamEntry] = []
+    bad: list[tuple[str, str]] = []
+    for entry_id, fields in page:
+        raw = fields.get(EVENT_FIELD)
+        if raw is None:
+            bad.append((entry_id, "entry has no 'event' field"))
+            continue
+        try:
+            good.append(StreamEntry(entry_id, decode_workflow(raw), raw))
+        except BadEventError as exc:
+            bad.append((entry_id, exc.reason))
+    return good, bad
+
+
+@dataclass
+class FoldStats:
+    entries: int = 0
+    applied: int = 0
+    bad: int = 0
+    last_entry_id: str | None = None
+
+
+async def fold_range(
+    redis: aioredis.Redis,
+    stream: str,
+    store: Store,
+    start: str = "-",
+    end: str = "+",
+    *,
+    page: int = 1000,
+    on_page: Callable[[FoldStats], None] | None = None,
+) -> FoldStats:
+    """Fold every valid workflow entry of `stream` in [start, end] into `store`."""
+    stats = FoldStats()
+    async for rows in iter_pages(redis, stream, start, end, page):
+        good, bad = decode_page(rows)
+        await store.apply_batch(good)
+        stats.entries += len(rows)
+        stats.applied += len(good)
+        stats.bad += len(bad)
+        stats.last_entry_id = rows[-1][0]
+        if on_page is not None:
+            on_page(stats)
+    return stats

@@ -1,0 +1,362 @@
+"""The SQLite store (aiosqlite): migrations, one transaction per batch, queries.
+
+WAL with `synchronous=FULL`: an acknowledged event survives power loss. A batch is applied
+inside one write transaction: load the touched executions, merge, upsert, log the events
+(a redelivered event is recognised by its identity and ignored), run the caller's
+`before_commit` hook, commit. Because the merge happens inside the write lock, any number of
+processes can fold into one database concurrently and still agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from wks.errors import StoreError
+from wks.events import StreamEntry as Entry
+from wks.events import event_type
+from wks.migrations import MIGRATIONS
+from wks.state import Fold, State, apply, combine, decode_fold, encode_fold, to_state
+
+_CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
+_json = msgspec.json.Encoder()
+
+
+def split_entry_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_UPSERT = """
+INSERT INTO executions (execution_id, workflow_id, status, progress, current_step, total_steps,
+    completed_steps, data, started_at, updated_at, error, owner, fold)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (execution_id) DO UPDATE SET
+    workflow_id = excluded.workflow_id, status = excluded.status,
+    progress = excluded.progress, current_step = excluded.current_step,
+    total_steps = excluded.total_steps, completed_steps = excluded.completed_steps,
+    data = excluded.data, started_at = excluded.started_at, updated_at = excluded.updated_at,
+    error = excluded.error, owner = excluded.owner, fold = excluded.fold,
+    version = executions.version + 1
+"""
+
+_LOG = """
+INSERT OR IGNORE INTO event_log (entry_id, entry_ms, entry_seq, event_id, event_key,
+    execution_id, type, ts, payload, applied_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# only for entries with a producer eventId: those are the ones a resend can duplicate
+_ALIAS = """
+INSERT OR IGNORE INTO event_alias (entry_id, execution_id, event_key)
+SELECT ?, ?, ? WHERE EXISTS (
+    SELECT 1 FROM event_log WHERE execution_id = ? AND event_key = ? AND entry_id != ?)
+"""
+
+
+def state_row(state: State, fold: Fold) -> tuple[Any, ...]:
+    return (
+        state.execution_id, state.workflow_id, state.status, state.progress, state.current_step,
+        state.total_steps, state.completed_steps, _json.encode(state.data).decode(),
+        state.started_at, state.updated_at, state.error, state.owner, encode_fold(fold),
+    )
+
+
+def _log_row(entry: Entry, applied_at: int) -> tuple[Any, ...]:
+    ms, seq = split_entry_id(entry.entry_id)
+    ev = entry.event
+    return (
+        entry.entry_id, ms, seq, ev.event_id, entry.key, ev.execution_id, event_type(ev), ev.ts,
+        entry.raw.decode("utf-8", "replace"), applied_at,
+    )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit mid-migration)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+BeforeCommit = Callable[[list[State]], Awaitable[None]]
+
+
+def _run(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    """Run `fn(sqlite3_connection, *args)` on the connection's own thread, in queue order.
+
+    aiosqlite has no public call for this: a hop per statement costs a thread switch and a
+    loop wake-up each, which dominated small batches (and so latency).
+    """
+    return conn._execute(fn, conn._conn, *args)
+
+
+def _begin_and_load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
+    db.execute("BEGIN IMMEDIATE")
+    found: list[tuple[str, bytes]] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.extend(db.execute(
+            f"SELECT execution_id, fold FROM executions WHERE execution_id IN ({marks})", chunk
+        ).fetchall())
+    return found
+
+
+def _rollback_open(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _write(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: list[tuple[Any, ...]],
+    aliases: list[tuple[Any, ...]],
+) -> None:
+    db.executemany(_UPSERT, rows)
+    before = db.total_changes
+    db.executemany(_LOG, logs)
+    # every entry got its own event_log row: none can be a resend of a logged event, so the
+    # alias check (a subquery per entry) is skipped in the common case
+    if aliases and db.total_changes - before < len(logs):
+        db.executemany(_ALIAS, aliases)
+
+
+class Store:
+    """One aiosqlite connection. Open one per role: a writer for a consumer, a reader for HTTP."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path | str, *, busy_timeout_ms: int = 30_000) -> Store:
+        """Open (creating parent directories), set WAL + synchronous=FULL, migrate."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError("open", str(path), exc) from exc
+        store = cls(conn, path)
+        deadline = time.monotonic() + busy_timeout_ms / 1000
+        while True:
+            try:
+                await store._set_up(busy_timeout_ms)
+                return store
+            except sqlite3.OperationalError as exc:
+                # processes opening a new database at once: SQLite answers BUSY at once,
+                # without the busy handler (deadlock avoidance), when two of them upgrade
+                # their locks for the switch to WAL or the first migration; both back off
+                # and the loser finds the work done
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    await asyncio.sleep(random.uniform(0.02, 0.1))
+                    continue
+                await conn.close()
+                raise StoreError("migrate", str(path), exc) from exc
+            except sqlite3.Error as exc:
+                await conn.close()
+                raise StoreError("migrate", str(path), exc) from exc
+
+    async def _set_up(self, busy_timeout_ms: int) -> None:
+        conn = self._conn
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        # a fold batch dirties pages all over the indexes: a 64 MiB page cache (a bound, not
+        # an allocation) keeps them from being re-read, and checkpointing every ~40 MiB of
+        # WAL instead of ~4 MiB writes a hot page back once, not per commit
+        await conn.execute("PRAGMA cache_size = -65536")
+        await conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        await self._migrate()
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error.
+
+        SQLite errors come out as StoreError naming `operation` and the database file."""
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(operation, str(self.path), exc) from exc
+
+    async def _migrate(self) -> None:
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version INTEGER NOT NULL, applied_at INTEGER NOT NULL)"
+            )
+            async with conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as c:
+                row = await c.fetchone()
+            current = row[0] if row else 0
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number <= current:
+                    continue
+                for statement in _statements(script):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (number, now_ms()),
+                )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    async def schema_version(self) -> int:
+        return int(await self.scalar("SELECT MAX(version) FROM schema_version") or 0)
+
+    # -- the write path ---------------------------------------------------------------------
+
+    async def apply_batch(
+        self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None
+    ) -> list[State]:
+        """Fold `entries` into the store in one transaction; return the touched states.
+
+        The SQLite work runs in three hops to the connection's thread (begin and load, write,
+        commit) rather than one per statement, and the writes run while the event loop builds
+        the log rows and runs `before_commit` (the Redis mirror), so both cores work. The
+        writes are known to have succeeded before COMMIT is queued.
+        """
+        if not entries:
+            return []
+        batch: dict[str, Fold] = {}
+        for entry in entries:
+            eid = entry.event.execution_id
+            fold = batch.get(eid)
+            if fold is None:
+                fold = batch[eid] = Fold(execution_id=eid)
+            apply(fold, entry.event, entry.key)
+        conn = self._conn
+        loading: asyncio.Future[list[tuple[str, bytes]]] | None = None
+        write: asyncio.Future[None] | None = None
+        try:
+            try:
+                loading = asyncio.ensure_future(_run(conn, _begin_and_load, list(batch)))
+                try:
+                    applied_at = now_ms()
+                    logs = [_log_row(e, applied_at) for e in entries]
+                    aliases = [
+                        (e.entry_id, e.event.execution_id, e.key, e.event.execution_id, e.key,
+                         e.entry_id)
+                        for e in entries
+                        if e.event.event_id is not None
+                    ]
+                finally:
+                    await asyncio.wait([loading])
+                for eid, blob in loading.result():
+                    batch[eid] = combine(decode_fold(blob), batch[eid])
+                states = [to_state(f) for f in batch.values()]
+                rows = [state_row(s, f) for s, f in zip(states, batch.values(), strict=True)]
+                write = asyncio.ensure_future(_run(conn, _write, rows, logs, aliases))
+                if before_commit is not None:
+                    await before_commit(states)
+                await write
+                await conn.execute("COMMIT")
+            except BaseException:
+                # let this batch's own calls finish first (a cancelled wait does not stop a
+                # BEGIN or a write already handed to the connection's thread)
+                for step in (loading, write):
+                    if step is not None and not step.done():
+                        await asyncio.wait([step])
+                    if step is not None and not step.cancelled():
+                        step.exception()  # retrieved: the error that matters is being raised
+                # queued behind them on the connection's thread, so it cannot be overtaken
+                with contextlib.suppress(ValueError):  # the connection is already closed
+                    await asyncio.shield(_run(conn, _rollback_open))
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError("apply batch", str(self.path), exc) from exc
+        return states
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def get_fold(self, execution_id: str) -> Fold | None:
+        blob = await self.scalar(
+            "SELECT fold FROM executions WHERE execution_id = ?", (execution_id,)
+        )
+        return decode_fold(blob) if blob is not None else None
+
+    async def get_state(self, execution_id: str) -> State | None:
+        fold = await self.get_fold(execution_id)
+        return to_state(fold) if fold is not None else None
+
+    async def entry_applied(self, entry_id: str) -> bool:
+        """Has this stream entry's event been committed (directly or as a resend)?"""
+        found = await self.scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_log WHERE entry_id = ?)"
+            " OR EXISTS (SELECT 1 FROM event_alias WHERE entry_id = ?)",
+            (entry_id, entry_id),
+        )
+        return bool(found)
+
+    async def iter_folds(self, batch: int = 1000) -> Any:
+        """Every execution's fold, in execution id order, a page at a time (flat memory)."""
+        last = ""
+        while True:
+            rows = await self.fetchall(
+                "SELECT execution_id, fold FROM executions WHERE execution_id > ?"
+                " ORDER BY execution_id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            for _eid, blob in rows:
+                yield decode_fold(blob)
+            last = rows[-1][0]
+
+    async def events_for(self, execution_id: str) -> list[dict[str, Any]]:
+        """The execution's logged events in stream order."""
+        rows = await self.fetchall(
+            "SELECT entry_id, event_id, type, ts, payload, applied_at FROM event_log"
+            " WHERE execution_id = ? ORDER BY entry_ms, entry_seq",
+            (execution_id,),
+        )
+        return [
+            {"entryId": r[0], "eventId": r[1], "type": r[2], "ts": r[3], "payload": r[4],
+             "appliedAt": r[5]}
+            for r in rows
+        ]
