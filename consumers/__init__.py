@@ -1,0 +1,1 @@
+"""Consumer-group workers: the generic group reader and the handlers that run under it."""

@@ -1,0 +1,98 @@
+"""Writing the Redis mirror of a batch of states in one server call.
+
+The mirror of a batch is, per execution: replace the hash `wks:workflow:{id}` with the
+state's fields, then either set its TTL and drop the id from `wks:executions:active`
+(terminal) or add the id to that set. Sent as a pipeline that is ~5 commands and ~30
+arguments per execution, and redis-py spends ~60 us of Python per command packing and
+parsing: with a few hundred executions per batch that was most of the fold's time. One Lua
+call with the whole batch as one msgpack argument does the same work atomically (like the
+MULTI it replaces) for a fraction of the client CPU. Where scripts are refused (ACLs, some
+managed services) it falls back to the MULTI pipeline and says so once.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import ResponseError
+
+from wks.keys import Keys
+from wks.redis import scripts_refused
+from wks.state import TERMINAL, State, mirror_fields
+
+# KEYS[1] = the active set, KEYS[1 + i] = the hash of row i.
+# ARGV[1] = TTL in ms for terminal states; ARGV[2] = msgpack [[terminal, id, f, v, ...], ...]
+_MIRROR = """
+local rows = cmsgpack.unpack(ARGV[2])
+for i, row in ipairs(rows) do
+  local key = KEYS[i + 1]
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(row, 3))
+  if row[1] == 1 then
+    redis.call('PEXPIRE', key, ARGV[1])
+    redis.call('SREM', KEYS[1], row[2])
+  else
+    redis.call('SADD', KEYS[1], row[2])
+  end
+end
+return #rows
+"""
+_CHUNK = 500  # executions per call: bounds the script's run time and argument count
+_pack = msgspec.msgpack.Encoder()
+
+
+def _row(s: State) -> list[object]:
+    """[terminal, id, field, value, ...]: the script's row for one state."""
+    row: list[object] = [1 if s.status in TERMINAL else 0, s.execution_id]
+    for field in mirror_fields(s).items():
+        row += field
+    return row
+
+
+class MirrorWriter:
+    """Writes states to the mirror hashes and the active set (script, else MULTI pipeline)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, state_ttl_ms: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.state_ttl_ms = state_ttl_ms
+        self.mode = "script"
+        self._script = redis.register_script(_MIRROR)
+
+    async def write(self, states: list[State]) -> None:
+        for start in range(0, len(states), _CHUNK):
+            chunk = states[start:start + _CHUNK]
+            if self.mode == "script":
+                try:
+                    await self._write_script(chunk)
+                    continue
+                except ResponseError as exc:
+                    if not scripts_refused(exc):
+                        raise
+                    logger.warning("mirror script refused ({}); using MULTI pipelines", exc)
+                    self.mode = "pipeline"
+            await self._write_pipeline(chunk)
+
+    async def _write_script(self, states: list[State]) -> None:
+        keys = self.keys
+        names = [keys.active]
+        rows = []
+        for state in states:
+            names.append(keys.workflow(state.execution_id))
+            rows.append(_row(state))
+        await self._script(keys=names, args=[self.state_ttl_ms, _pack.encode(rows)])
+
+    async def _write_pipeline(self, states: list[State]) -> None:
+        keys = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for state in states:
+                key = keys.workflow(state.execution_id)
+                pipe.delete(key)
+                pipe.hset(key, mapping=mirror_fields(state))  # type: ignore[arg-type]
+                if state.status in TERMINAL:
+                    pipe.pexpire(key, self.state_ttl_ms)
+                    pipe.srem(keys.active, state.execution_id)
+                else:
+                    pipe.sadd(keys.active, state.execution_id)
+            await pipe.execute()

@@ -1,0 +1,403 @@
+"""The consumer-group loop: read, claim, dead-letter, apply, acknowledge, shut down.
+
+One `GroupReader` per (stream, group, consumer). It creates its group (MKSTREAM, from the
+start of the stream, tolerating BUSYGROUP), reads batches with XREADGROUP BLOCK, claims entries
+idle longer than `claim_idle` with XAUTOCLAIM, and hands decoded entries to a `Handler`.
+An entry is acknowledged only after the handler has committed its effect. Bad entries (and
+entries delivered more than `max_deliveries` times) go to the dead-letter stream with their
+origin, raw payload and reason, and are acknowledged. The next batch is read while the
+current one commits, so the event loop and SQLite's thread both stay busy.
+
+Redis down: back off (capped, jittered), report not-ok, recover alone; a vanished group
+(Redis restarted empty) is recreated. On stop the loop reads nothing more and finishes the
+batch in hand; `burst=True` returns once the stream is drained, so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import ResponseError
+
+from consumers.acks import Acknowledger, RawEntry, reason_kind
+from wks import metrics
+from wks.aio import wait_stop
+from wks.errors import BadEventError, StoreError, TransientError
+from wks.events import StreamEntry, event_type
+from wks.keys import EVENT_FIELD, Keys
+from wks.redis import REDIS_DOWN, Backoff, is_loading
+from wks.stream_stats import group_stats
+
+
+class Handler(Protocol):
+    """What a group runs: decode raw bytes (raise BadEventError) and apply a batch durably."""
+
+    def decode(self, raw: bytes) -> Any: ...
+
+    async def apply(self, items: Sequence[StreamEntry]) -> None: ...
+
+
+@dataclass
+class ReaderStatus:
+    redis_ok: bool = True  # the last Redis call worked
+    apply_ok: bool = True  # the last batch committed (False while SQLite refuses)
+    last_error: str | None = None
+    batches: int = 0
+    applied: int = 0
+    dead: int = 0
+    claimed: int = 0
+    last_batch_at: float = field(default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.redis_ok and self.apply_ok
+
+
+# failures that say nothing about the entries: keep the batch and retry it, never dead-letter
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    *REDIS_DOWN, StoreError, TransientError, ResponseError)
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _sid(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class GroupReader:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        name: str,
+        stream: str,
+        group: str,
+        handler: Handler,
+        consumer: str | None = None,
+        claim_idle: float = 60.0,
+        max_deliveries: int = 5,
+        batch_size: int = 1000,
+        block_ms: int = 1000,
+        burst: bool = False,
+        stats_every: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.name = name
+        self.stream = stream
+        self.group = group
+        self.handler = handler
+        self.consumer = consumer or consumer_name()
+        self.claim_idle_ms = max(1, int(claim_idle * 1000))
+        self.max_deliveries = max_deliveries
+        self.batch_size = batch_size
+        self.block_ms = 50 if burst else block_ms
+        self.burst = burst
+        self.stats_every = stats_every
+        self.status = ReaderStatus()
+        self._claim_cursor = "0-0"
+        self._claim_every = min(max(claim_idle / 4, 0.05), 15.0)
+        self._last_claim = float("-inf")
+        self._last_stats = float("-inf")
+        self._backoff = Backoff()
+        self._acks = Acknowledger(redis, keys, stream, group)
+        self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
+
+    # -- group lifecycle ----------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            self._log.info("created consumer group")
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set (or, in burst mode, until drained)."""
+        metrics.CONSUMER_UP.labels(self.group).set(1)
+        inflight: asyncio.Task[bool] | None = None
+        inflight_batch: list[RawEntry] = []
+        try:
+            await self._until_ok(self.ensure_group, stop)
+            while not stop.is_set():
+                batch = await self._fetch_guarded(stop)
+                if inflight is not None:
+                    ok = await inflight
+                    inflight = None
+                    if not ok:
+                        await self._retry(inflight_batch, stop)
+                    if batch and len(batch) < self.batch_size:
+                        # entries that arrived while the previous batch committed join this
+                        # one instead of waiting a whole commit more (latency at low rates)
+                        batch.extend(await self._top_up(self.batch_size - len(batch)))
+                if batch:
+                    inflight_batch = batch
+                    inflight = asyncio.create_task(self._process(batch))
+                elif self.burst and await self._drained_guarded():
+                    break
+                await self._maybe_stats()
+        finally:
+            if inflight is not None:
+                # finish and acknowledge the batch in hand even if we are being cancelled
+                ok = await asyncio.shield(inflight)
+                if not ok and not stop.is_set():
+                    await self._retry(inflight_batch, stop)
+            metrics.CONSUMER_UP.labels(self.group).set(0)
+
+    async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await op()
+                self._mark_ok()
+                return
+            except REDIS_DOWN as exc:
+                await self._down("ensure group", exc, stop)
+            except ResponseError as exc:
+                if not is_loading(exc):
+                    raise
+                await self._down("ensure group", exc, stop)
+
+    async def _fetch_guarded(self, stop: asyncio.Event) -> list[RawEntry]:
+        try:
+            batch = await self._fetch()
+            self._mark_ok()
+            return batch
+        except REDIS_DOWN as exc:
+            await self._down("read", exc, stop)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._log.warning("consumer group missing (Redis restarted empty?); recreating")
+                await self._until_ok(self.ensure_group, stop)
+            elif is_loading(exc):
+                await self._down("read", exc, stop)
+            else:
+                raise
+        return []
+
+    async def _drained_guarded(self) -> bool:
+        try:
+            info = await self.redis.xpending(self.stream, self.group)
+        except REDIS_DOWN:
+            return False
+        except ResponseError:
+            return False
+        return int(info["pending"]) == 0
+
+    async def _down(self, op: str, exc: BaseException, stop: asyncio.Event) -> None:
+        metrics.REDIS_ERRORS.labels(f"consumer:{self.group}").inc()
+        metrics.REDIS_UP.set(0)
+        delay = self._backoff.next()
+        if self.status.redis_ok:
+            self._log.warning("redis {} failed: {}; retrying with backoff", op, exc)
+        self.status.redis_ok = False
+        self.status.last_error = f"redis {op}: {exc}"
+        await wait_stop(stop, delay)  # a stopping worker must not sit out a 5 s backoff
+
+    def _mark_ok(self) -> None:
+        if not self.status.redis_ok:
+            self._log.info("redis reachable again")
+        self.status.redis_ok = True
+        if self.status.apply_ok:
+            self.status.last_error = None
+        metrics.REDIS_UP.set(1)
+        self._backoff.reset()
+
+    async def _fetch(self) -> list[RawEntry]:
+        now = time.monotonic()
+        if now - self._last_claim >= self._claim_every:
+            claimed = await self._claim()
+            if claimed:
+                return claimed
+            self._last_claim = now
+        reply = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch_size,
+            block=self.block_ms,
+        )
+        if not reply:
+            return []
+        _, messages = reply[0]
+        return [RawEntry(_sid(mid), fields) for mid, fields in messages]
+
+    async def _top_up(self, count: int) -> list[RawEntry]:
+        """New entries already waiting, without blocking; nothing when Redis is unwell."""
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=count)
+        except (*REDIS_DOWN, ResponseError):
+            return []  # the next regular read reports and handles it
+        if not reply:
+            return []
+        return [RawEntry(_sid(mid), fields) for mid, fields in reply[0][1]]
+
+    async def _claim(self) -> list[RawEntry]:
+        reply = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms,
+            start_id=self._claim_cursor, count=self.batch_size,
+        )
+        self._claim_cursor = _sid(reply[0])
+        messages = reply[1]
+        out = [RawEntry(_sid(mid), fields or None) for mid, fields in messages]
+        # Redis 7 reports ids deleted from the stream separately; 6.2 returns them with nil
+        if len(reply) > 2:
+            out.extend(RawEntry(_sid(mid), None) for mid in reply[2])
+        if not out:
+            return []
+        live = [r.entry_id for r in out if r.fields is not None]
+        if live:
+            counts = await self.redis.xpending_range(
+                self.stream, self.group, min=min(live, key=_order), max=max(live, key=_order),
+                count=len(out) + 10, consumername=self.consumer,
+            )
+            by_id = {_sid(p["message_id"]): int(p["times_delivered"]) for p in counts}
+            for r in out:
+                r.deliveries = by_id.get(r.entry_id, r.deliveries)
+        metrics.CLAIMED.labels(self.group).inc(len(out))
+        self.status.claimed += len(out)
+        self._log.info("claimed {} idle entries", len(out))
+        return out
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    async def _process(self, batch: list[RawEntry]) -> bool:
+        """Decode, apply, dead-letter, acknowledge. False when it must be retried."""
+        good: list[StreamEntry] = []
+        dead: list[tuple[RawEntry, str]] = []
+        for raw in batch:
+            if raw.fields is None:
+                continue  # deleted while pending: nothing to apply, only acknowledge
+            payload = raw.fields.get(EVENT_FIELD)
+            if payload is None:
+                dead.append((raw, "entry has no 'event' field"))
+                continue
+            if raw.deliveries > self.max_deliveries:
+                dead.append((raw, f"delivered {raw.deliveries} times without success "
+                                  f"(maxDeliveries {self.max_deliveries})"))
+                continue
+            try:
+                good.append(StreamEntry(raw.entry_id, self.handler.decode(payload), payload))
+            except BadEventError as exc:
+                dead.append((raw, exc.reason))
+        started = time.perf_counter()
+        try:
+            if good:
+                good = await self._apply(good, batch, dead)
+            await self._acks.ack([r.entry_id for r in batch], dead)
+        except REDIS_DOWN as exc:
+            return self._failed("redis", exc)
+        except (StoreError, TransientError) as exc:
+            metrics.STORE_ERRORS.labels(f"apply:{self.group}").inc()
+            return self._failed("apply", exc)
+        except ResponseError as exc:
+            return self._failed("redis", exc)
+        elapsed = time.perf_counter() - started
+        if not self.status.ok:
+            self._log.info("batch applied again after a failure")
+        self.status.apply_ok = self.status.redis_ok = True
+        self.status.last_error = None
+        self._record(good, dead, elapsed)
+        return True
+
+    async def _apply(
+        self, good: list[StreamEntry], batch: list[RawEntry], dead: list[tuple[RawEntry, str]]
+    ) -> list[StreamEntry]:
+        """Apply; if the handler raises something that is not transient (a bug, a poison
+        entry), apply the entries one by one so that only the failing ones are dead-lettered
+        and the rest of the batch is not held back."""
+        try:
+            await self.handler.apply(good)
+            return good
+        except _RETRYABLE:
+            raise
+        except Exception as exc:
+            self._log.opt(exception=exc).error(
+                "batch apply raised {}: {}; isolating the failing entries",
+                type(exc).__name__, exc)
+        raws = {r.entry_id: r for r in batch}
+        applied: list[StreamEntry] = []
+        for item in good:
+            try:
+                await self.handler.apply([item])
+                applied.append(item)
+            except _RETRYABLE:
+                raise
+            except Exception as exc:
+                dead.append((raws[item.entry_id], f"apply failed: {type(exc).__name__}: {exc}"))
+        return applied
+
+    def _failed(self, what: str, exc: BaseException) -> bool:
+        if what == "apply":
+            self.status.apply_ok = False
+        else:
+            self.status.redis_ok = False
+        self.status.last_error = f"{what}: {exc}"
+        self._log.error("batch not applied ({}): {}; it stays pending and will be retried",
+                        what, exc)
+        return False
+
+    async def _retry(self, batch: list[RawEntry], stop: asyncio.Event) -> None:
+        """Retry a failed batch with backoff; on stop leave it pending for another consumer."""
+        backoff = Backoff(cap=5.0)
+        while not await wait_stop(stop, backoff.next()):
+            if await self._process(batch):
+                return
+
+    def _record(
+        self, good: list[StreamEntry], dead: list[tuple[RawEntry, str]], elapsed: float
+    ) -> None:
+        status = self.status
+        status.batches += 1
+        status.applied += len(good)
+        status.dead += len(dead)
+        status.last_batch_at = time.time()
+        metrics.BATCH_SECONDS.labels(self.group).observe(elapsed)
+        metrics.BATCH_SIZE.labels(self.group).observe(len(good) + len(dead))
+        now_ms = time.time() * 1000
+        age = metrics.EVENT_AGE.labels(self.group)
+        counts: dict[str, int] = {}
+        for item in good:
+            kind = event_type(item.event)
+            counts[kind] = counts.get(kind, 0) + 1
+            age.observe(max(0.0, (now_ms - _order(item.entry_id)[0]) / 1000))
+        for kind, n in counts.items():
+            metrics.EVENTS.labels(self.name, kind, "applied").inc(n)
+        for _raw, reason in dead:
+            kind = reason_kind(reason)
+            metrics.EVENTS.labels(self.name, "unknown", "dead").inc()
+            metrics.DEAD_LETTERS.labels(self.name, kind).inc()
+
+    async def _maybe_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats < self.stats_every:
+            return
+        self._last_stats = now
+        try:
+            stats = await group_stats(self.redis, self.stream, self.group)
+        except (*REDIS_DOWN, ResponseError):
+            return
+        if stats is not None:
+            metrics.GROUP_PENDING.labels(self.group).set(stats["pending"])
+            if stats["lag"] is not None:
+                metrics.GROUP_LAG.labels(self.group).set(stats["lag"])
+            metrics.GROUP_OLDEST_PENDING.labels(self.group).set(
+                stats["oldestPendingIdleMs"] / 1000
+            )
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
