@@ -1,0 +1,171 @@
+"""`wks replay`: rebuilding state from the stream, verifying it, state as of a time."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.audit.conftest import Cli, add, fold
+from tests.workload import workload
+from wks.config import Settings
+from wks.events import encode
+from wks.keys import EVENT_FIELD
+
+
+async def publish_workload(r: aioredis.Redis, settings: Settings, n: int = 300) -> None:
+    events = workload(n, 30, random.Random(7))
+    async with r.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(settings.keys.workflow_stream, {EVENT_FIELD: encode(event)})
+        await pipe.execute()
+
+
+def sql(settings: Settings, statement: str, *params: object) -> None:
+    with sqlite3.connect(settings.db_path) as conn:
+        conn.execute(statement, params)
+
+
+async def test_verify_reports_every_execution_equal_on_a_consistent_system(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """After the consumer folded the stream, replay finds the same state for every row."""
+    await publish_workload(r, settings)
+    await add(r, settings, {"type": "nope"})  # a bad entry: skipped by both folds
+    await fold(settings, r)
+    code, out, _ = await wks("replay", "--verify")
+    assert code == 0, out
+    assert "30 compared, 30 equal, 0 different" in out
+    assert "verify over whole stream" in out
+    assert "1 bad" in out
+
+
+async def test_verify_names_rows_changed_behind_the_systems_back(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """Columns edited with sqlite3, or a swapped fold blob, are named with the field."""
+    await publish_workload(r, settings)
+    await fold(settings, r)
+    sql(settings, "UPDATE executions SET status = 'failed' WHERE execution_id = 'exec-00003'"
+        " AND status != 'failed'")
+    sql(settings, "UPDATE executions SET progress = progress + 1 WHERE execution_id = ?",
+        "exec-00011")
+    sql(settings, "UPDATE executions SET data = '{\"forged\":1}' WHERE execution_id = ?",
+        "exec-00017")
+    sql(settings, "UPDATE executions SET fold = (SELECT fold FROM executions"
+        " WHERE execution_id = 'exec-00001') WHERE execution_id = 'exec-00022'")
+    code, out, _ = await wks("replay", "--verify")
+    assert code == 1
+    assert "4 different" in out
+    assert "different  exec-00003\n    status (columns): live 'failed'" in out
+    assert "different  exec-00011\n    progress (columns)" in out
+    assert "different  exec-00017\n    data (columns): live {'forged': 1}" in out
+    assert "executionId (fold): live 'exec-00001', replayed 'exec-00022'" in out
+    assert "DIFFERENCES FOUND" in out
+
+    code, out, _ = await wks("replay", "--verify", "--json", "--execution", "exec-00011")
+    report = json.loads(out)
+    assert code == 1
+    assert report["summary"]["compared"] == 1
+    assert report["summary"]["different"] == 1
+    assert report["differences"][0]["fields"][0]["field"] == "progress"
+
+
+async def test_verify_reports_rows_missing_on_either_side(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """A deleted row is missing live; a row whose logged events left the stream is named."""
+    await publish_workload(r, settings)
+    await fold(settings, r)
+    sql(settings, "DELETE FROM executions WHERE execution_id = 'exec-00005'")
+    ids = [m.decode() for m, f in await r.xrange(settings.keys.workflow_stream)
+           if b'"exec-00009"' in f[EVENT_FIELD]]
+    await r.xdel(settings.keys.workflow_stream, *ids)
+    code, out, _ = await wks("replay", "--verify")
+    assert code == 1
+    assert "missing-live  exec-00005" in out
+    assert "missing-stream  exec-00009" in out
+    assert "1 missing live, 1 missing from the stream" in out
+
+
+@pytest.mark.both_redis
+async def test_partial_range_or_trimmed_stream_is_not_reported_missing(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """Rows the range never touched are not missing; partly seen ones must only contain it."""
+    x = settings.keys.workflow_stream
+    await add(r, settings, {"type": "workflow.started", "executionId": "a", "workflowId": "w",
+                            "totalSteps": 4, "ts": 1000}, "1000-0")
+    await add(r, settings, {"type": "workflow.started", "executionId": "b", "workflowId": "w",
+                            "totalSteps": 4, "ts": 1000}, "1000-1")
+    await add(r, settings, {"type": "workflow.progress", "executionId": "b",
+                            "completedSteps": 2, "ts": 2000}, "2000-0")
+    await add(r, settings, {"type": "workflow.started", "executionId": "c", "workflowId": "w",
+                            "totalSteps": 4, "ts": 3000}, "3000-0")
+    await fold(settings, r)
+    code, out, _ = await wks("replay", "--verify", "--from", "2000")
+    assert code == 0, out
+    assert "1 equal" in out
+    assert "1 partial-consistent" in out
+    assert "1 outside the range" in out
+
+    await r.xtrim(x, minid="2000-0", approximate=False)
+    code, out, _ = await wks("replay", "--verify")
+    assert code == 0, out
+    assert "1 partial-consistent" in out
+
+    # a partly seen row whose columns were edited is still caught
+    sql(settings, "UPDATE executions SET completed_steps = 3 WHERE execution_id = 'b'")
+    code, out, _ = await wks("replay", "--verify")
+    assert code == 1
+    assert "completedSteps (columns): live 3, replayed 2" in out
+
+
+async def test_to_time_gives_the_state_as_of_that_time(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """`--to TIME` folds only entries that arrived up to then."""
+    t0 = 1_763_000_000_000
+    await add(r, settings, {"type": "workflow.started", "executionId": "x", "workflowId": "w",
+                            "totalSteps": 3, "ts": t0}, f"{t0}-0")
+    for step in (1, 2):
+        await add(r, settings, {"type": "workflow.progress", "executionId": "x",
+                                "completedSteps": step, "currentStep": f"s{step}",
+                                "ts": t0 + step * 60_000}, f"{t0 + step * 60_000}-0")
+    await add(r, settings, {"type": "workflow.started", "executionId": "y", "workflowId": "w",
+                            "totalSteps": 1, "ts": t0}, f"{t0 + 200_000}-0")
+    iso = datetime.fromtimestamp((t0 + 90_000) / 1000, UTC).isoformat()
+    code, out, err = await wks("replay", "--to", iso, "--execution", "x")
+    assert code == 0, err
+    state = json.loads(out)
+    assert (state["completedSteps"], state["currentStep"], state["progress"]) == (1, "s1", 33)
+
+    code, out, _ = await wks("replay")
+    assert code == 0
+    states = [json.loads(line) for line in out.splitlines()]
+    assert [s["executionId"] for s in states] == ["x", "y"]
+    assert states[0]["completedSteps"] == 2
+
+    code, _, err = await wks("replay", "--to", "yesterday")
+    assert code == 1
+    assert "not an entry id" in err
+
+
+async def test_out_keeps_the_replayed_store(
+    r: aioredis.Redis, settings: Settings, wks: Cli
+) -> None:
+    """`--out FILE` keeps the scratch store: a SQLite file with the executions table."""
+    await publish_workload(r, settings, 60)
+    out_file = settings.db_path.parent / "replayed.db"
+    code, _, err = await wks("replay", "--out", str(out_file))
+    assert code == 0, err
+    with sqlite3.connect(out_file) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 30
+    code, _, err = await wks("replay", "--out", str(out_file))
+    assert code == 1
+    assert "file exists" in err
+    assert not list(settings.db_path.parent.glob(".wks-replay-*"))  # temp stores removed

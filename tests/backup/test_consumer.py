@@ -1,0 +1,72 @@
+"""The backup group: results on the results stream, idempotent requests, verify commands."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from consumers.backup import BackupHandler
+from consumers.reader import GroupReader
+from tests.backup.conftest import populate
+from wks import backup_log as log
+from wks.config import Settings
+from wks.events import BackupRequested, BackupVerifyRequested, encode
+from wks.keys import EVENT_FIELD, GROUP_BACKUP
+from wks.store import Store
+
+pytestmark = pytest.mark.both_redis  # scripts and stream commands on 6.2 and 7.x
+
+
+async def _drain(r: aioredis.Redis, settings: Settings, store: Store) -> None:
+    keys = settings.keys
+    reader = GroupReader(r, keys, name="backup", stream=keys.backup_stream, group=GROUP_BACKUP,
+                         handler=BackupHandler(store, r, settings), burst=True)
+    await asyncio.wait_for(reader.run(asyncio.Event()), 60)
+
+
+async def _results(r: aioredis.Redis, settings: Settings) -> list[dict]:
+    rows = await r.xrange(settings.keys.results_stream)
+    return [msgspec.json.decode(fields[EVENT_FIELD]) for _id, fields in rows]
+
+
+async def test_a_redelivered_request_makes_one_backup_and_the_same_result(
+    r: aioredis.Redis, settings: Settings, store: Store
+):
+    """The same requestId twice takes one backup and publishes backup.completed for both."""
+    await populate(store, 10)
+    for _ in range(2):
+        await r.xadd(settings.keys.backup_stream, {EVENT_FIELD: encode(
+            BackupRequested(ts=1, request_id="req-1", requested_by="ops"))})
+    await _drain(r, settings, store)
+    rows = await log.completed(store)
+    assert len(rows) == 1
+    results = await _results(r, settings)
+    assert [e["type"] for e in results] == ["backup.completed", "backup.completed"]
+    assert {e["backupId"] for e in results} == {rows[0]["id"]}
+    assert all(e["requestId"] == "req-1" for e in results)
+    assert all("/" not in e["filePath"] for e in results)  # a name, never a server path
+
+
+async def test_verify_commands_publish_verdicts(
+    r: aioredis.Redis, settings: Settings, store: Store
+):
+    """backup.verify_requested answers backup.verified: valid for a sound backup, invalid
+    (with a reason) for an unknown id."""
+    await populate(store, 10)
+    stream = settings.keys.backup_stream
+    await r.xadd(stream, {EVENT_FIELD: encode(BackupRequested(ts=1, request_id="b"))})
+    await _drain(r, settings, store)
+    backup_id = (await log.completed(store))[0]["id"]
+    for target in (backup_id, 999):
+        await r.xadd(stream, {EVENT_FIELD: encode(
+            BackupVerifyRequested(ts=2, request_id=f"v{target}", backup_id=target))})
+    await _drain(r, settings, store)
+    verdicts = {e["backupId"]: e for e in await _results(r, settings)
+                if e["type"] == "backup.verified"}
+    assert verdicts[backup_id]["valid"] is True
+    assert verdicts[backup_id]["checks"]["integrity"] is True
+    assert verdicts[999]["valid"] is False
+    assert "not found" in verdicts[999]["message"]

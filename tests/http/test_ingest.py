@@ -1,0 +1,87 @@
+"""POST /api/events: per-event validation, one publish, the ownership rule for users."""
+
+from __future__ import annotations
+
+import time
+
+from tests.http.conftest import bearer
+
+URL = "/api/events"
+
+
+def _ev(kind: str, eid: str, **fields) -> dict:
+    return {"type": kind, "executionId": eid, "ts": int(time.time() * 1000), **fields}
+
+
+async def test_good_events_are_published_and_bad_ones_reported(client, admin, fold, r, settings):
+    """Valid events are published (202 with entry ids); invalid ones are listed by index."""
+    body = [
+        _ev("workflow.started", "i1", workflowId="etl", totalSteps=2),
+        {"type": "workflow.progress", "executionId": "i1"},  # completedSteps missing
+        _ev("workflow.progress", "i1", completedSteps=1),
+        "not an object",
+    ]
+    resp = await client.post(URL, headers=admin, json=body)
+    assert resp.status == 202
+    out = await resp.json()
+    assert out["success"] is True
+    assert out["accepted"] == 2
+    assert [e["index"] for e in out["entries"]] == [0, 2]
+    assert [e["index"] for e in out["errors"]] == [1, 3]
+    assert await r.xlen(settings.keys.workflow_stream) == 2
+    last = out["entries"][-1]["entryId"]
+    resp = await client.get(f"/api/workflow-state/i1?after={last}&wait=0", headers=admin)
+    assert resp.status == 504  # nothing folded yet
+    await fold()
+    resp = await client.get(f"/api/workflow-state/i1?after={last}&wait=5", headers=admin)
+    assert (await resp.json())["state"]["completedSteps"] == 1
+
+
+async def test_nothing_valid_is_a_400(client, admin, r, settings):
+    """Not JSON, not an array, an empty array or all-invalid events answer 400."""
+    for data in (b"{oops", b'{"type": "workflow.started"}', b"[]", b'[{"type": "nope"}]'):
+        resp = await client.post(URL, headers={**admin, "Content-Type": "application/json"},
+                                 data=data)
+        assert resp.status == 400, data
+        assert (await resp.json())["success"] is False
+    assert await r.exists(settings.keys.workflow_stream) == 0
+
+
+async def test_users_write_only_their_own_executions(client, token, producer, fold):
+    """A user's started gets its owner; others' executions and foreign owners are refused."""
+    await producer.started("theirs", "etl", 1, owner="bob")
+    await fold()
+    alice = bearer(await token("alice", "user"))
+    body = [
+        _ev("workflow.started", "mine", workflowId="etl", totalSteps=1),
+        _ev("workflow.progress", "mine", completedSteps=1),
+        _ev("workflow.progress", "theirs", completedSteps=1),
+        _ev("workflow.started", "spoof", workflowId="etl", totalSteps=1, owner="bob"),
+        _ev("workflow.progress", "unknown", completedSteps=1),
+    ]
+    out = await (await client.post(URL, headers=alice, json=body)).json()
+    assert [e["index"] for e in out["entries"]] == [0, 1]
+    assert [e["index"] for e in out["errors"]] == [2, 3, 4]
+    assert out["errors"][0]["error"] == "execution not found"
+    await fold()
+    state = (await (await client.get("/api/workflow-state/mine", headers=alice)).json())["state"]
+    assert state["owner"] == "alice"
+    assert state["progress"] == 100
+
+
+async def test_publish_failure_is_a_503(make_client, settings, redis_factory, token):
+    """With Redis gone, ingest answers 503 and reports nothing as accepted."""
+    from wks.http.auth import mint_token
+    from wks.redis import client as redis_client
+
+    server = redis_factory()
+    conn = redis_client(server.url)
+    try:
+        api = await make_client(settings, conn)
+        headers = bearer(await mint_token(settings, conn, "root", "admin", 60))
+        server.kill()
+        resp = await api.post(URL, headers=headers, json=[_ev("workflow.completed", "z")])
+        assert resp.status == 503
+        assert (await resp.json())["success"] is False
+    finally:
+        await conn.aclose()

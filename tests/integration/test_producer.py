@@ -1,0 +1,141 @@
+"""The producer library: batching, ids, track(), the offline buffer and the script fallback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from producers.client import Producer
+from tests.helpers import wait_for
+from wks import events as ev
+from wks.config import Settings
+from wks.errors import BufferFull, RedisUnavailable
+
+pytestmark = pytest.mark.both_redis
+
+
+async def stream_events(r: aioredis.Redis, stream: str) -> list[ev.WorkflowEvent]:
+    return [ev.decode_workflow(f[b"event"]) for _, f in await r.xrange(stream)]
+
+
+async def test_batch_publish_returns_ids_in_order(settings: Settings, r: aioredis.Redis) -> None:
+    """One call appends every event, one entry each, field `event`, ids in order."""
+    p = Producer(r, settings.keys)
+    batch = [ev.WorkflowProgress(execution_id="e", completed_steps=i, ts=i) for i in range(2500)]
+    ids = await p.publish_many(batch)
+    assert ids is not None
+    assert len(ids) == 2500
+    entries = await r.xrange(settings.keys.workflow_stream)
+    assert [i.decode() for i, _ in entries] == ids
+    assert all(set(f) == {b"event"} for _, f in entries)
+    assert [e.completed_steps for e in await stream_events(r, settings.keys.workflow_stream)] \
+        == list(range(2500))
+    assert p.mode == "script"
+
+
+async def test_track_emits_started_progress_completed(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """track() wraps a block of work: started, one progress per step, completed."""
+    p = Producer(r, settings.keys)
+    async with p.track("t-1", "etl", total_steps=2, owner="ann") as t:
+        await t.step("extract")
+        await t.step("load")
+    got = await stream_events(r, settings.keys.workflow_stream)
+    assert [ev.event_type(e) for e in got] == [
+        "workflow.started", "workflow.progress", "workflow.progress", "workflow.completed"]
+    assert [getattr(e, "current_step", None) for e in got[1:3]] == ["extract", "load"]
+    ids = [e.event_id for e in got]
+    assert all(ids)
+    assert ids == sorted(ids), "a producer's eventIds increase, keeping same-ms order"
+
+
+async def test_track_emits_failed_on_exception(settings: Settings, r: aioredis.Redis) -> None:
+    """An exception inside track() publishes workflow.failed with the error and re-raises."""
+    p = Producer(r, settings.keys)
+
+    async def work() -> None:
+        async with p.track("t-2", "etl", total_steps=3) as t:
+            await t.step("one")
+            _ = 1 / 0
+
+    with pytest.raises(ZeroDivisionError):
+        await work()
+    last = (await stream_events(r, settings.keys.workflow_stream))[-1]
+    assert isinstance(last, ev.WorkflowFailed)
+    assert "ZeroDivisionError" in last.error
+
+
+async def test_falls_back_to_pipeline_when_scripts_are_denied(
+    settings: Settings, redis_factory: object
+) -> None:
+    """Where an ACL forbids EVAL, the producer switches to pipelined XADD and says so."""
+    server = redis_factory(appendonly=False)  # type: ignore[operator]
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command(
+        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "+@all", "-@scripting")
+    limited = aioredis.Redis.from_url(
+        f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
+    p = Producer(limited, settings.keys)
+    ids = await p.publish_many(
+        [ev.WorkflowCompleted(execution_id="s", ts=i) for i in range(3)])
+    assert ids is not None
+    assert len(ids) == 3
+    assert p.mode == "pipeline"
+    assert await admin.xlen(settings.keys.workflow_stream) == 3
+    await limited.aclose()
+    await admin.aclose()
+
+
+class TestOfflineBuffer:
+    async def test_buffered_events_arrive_in_order_after_an_outage(
+        self, settings: Settings, redis_factory: object
+    ) -> None:
+        """While Redis is down events wait in the buffer; they are flushed in order."""
+        server = redis_factory()  # type: ignore[operator]  # AOF on: the first event survives
+        r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
+        p = Producer(r, settings.keys, buffer_size=100)
+        assert await p.progress("b", 0, ts=1) is not None
+        server.stop()
+        results = [await p.progress("b", i, ts=i + 1) for i in range(1, 51)]
+        assert results == [None] * 50
+        assert p.buffered == 50
+        await asyncio.to_thread(server.start)
+        await p.flush(timeout=30)
+        assert p.buffered == 0
+        got = await stream_events(r, settings.keys.workflow_stream)
+        assert [e.completed_steps for e in got] == list(range(51))
+        await p.aclose()
+        await r.aclose()
+
+    async def test_full_buffer_raises_instead_of_dropping(
+        self, settings: Settings, redis_factory: object
+    ) -> None:
+        """Past the buffer's capacity publish raises BufferFull; what was buffered stays."""
+        server = redis_factory(appendonly=False)  # type: ignore[operator]
+        r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
+        p = Producer(r, settings.keys, buffer_size=5)
+        server.stop()
+        for i in range(5):
+            assert await p.completed(f"x-{i}", ts=i) is None
+        with pytest.raises(BufferFull, match="5 events"):
+            await p.completed("x-5", ts=5)
+        assert p.buffered == 5
+        await asyncio.to_thread(server.start)
+        await wait_for(lambda: p.buffered == 0, 30, "the buffer to flush")
+        assert await r.xlen(settings.keys.workflow_stream) == 5
+        await p.aclose()
+        await r.aclose()
+
+    async def test_unbuffered_producer_raises_when_redis_is_down(
+        self, settings: Settings, redis_factory: object
+    ) -> None:
+        """With buffer_size=0 (the CLI's `wks emit`) an outage is an immediate clear error."""
+        server = redis_factory(appendonly=False)  # type: ignore[operator]
+        r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5)
+        server.stop()
+        with pytest.raises(RedisUnavailable, match="unreachable"):
+            await Producer(r, settings.keys, buffer_size=0).completed("y", ts=1)
+        await r.aclose()

@@ -1,0 +1,138 @@
+"""The wire format: decoding, bounds, forward compatibility and the published schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wks import events
+from wks.errors import BadEventError
+
+
+def raw(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def started(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "type": "workflow.started", "executionId": "exec-1", "workflowId": "wf", "totalSteps": 3,
+        "ts": 1_700_000_000_000,
+    }
+    base.update(over)
+    return base
+
+
+class TestDecoding:
+    def test_every_workflow_type_decodes_to_its_struct(self) -> None:
+        """Each `type` maps to its own struct with camelCase keys read into snake_case fields."""
+        cases = {
+            "workflow.started": (started(), events.WorkflowStarted),
+            "workflow.progress": ({"type": "workflow.progress", "executionId": "e",
+                                   "completedSteps": 2, "currentStep": "x", "ts": 5},
+                                  events.WorkflowProgress),
+            "workflow.completed": ({"type": "workflow.completed", "executionId": "e", "ts": 5},
+                                   events.WorkflowCompleted),
+            "workflow.failed": ({"type": "workflow.failed", "executionId": "e", "error": "boom",
+                                 "ts": 5}, events.WorkflowFailed),
+            "workflow.cancelled": ({"type": "workflow.cancelled", "executionId": "e", "ts": 5},
+                                   events.WorkflowCancelled),
+        }
+        for kind, (body, cls) in cases.items():
+            event = events.decode_workflow(json.dumps(body).encode())
+            assert isinstance(event, cls)
+            assert events.event_type(event) == kind
+
+    def test_unknown_keys_are_ignored(self) -> None:
+        """Forward compatibility: a newer producer's extra keys do not make an event bad."""
+        event = events.decode_workflow(raw(**started(newField={"x": 1}, priority=3)))
+        assert isinstance(event, events.WorkflowStarted)
+        assert event.total_steps == 3
+
+    def test_backup_commands_decode_with_defaults(self) -> None:
+        """backup.requested defaults its backupType to manual."""
+        cmd = events.decode_backup(raw(type="backup.requested", requestId="r-1", ts=1))
+        assert isinstance(cmd, events.BackupRequested)
+        assert cmd.backup_type == "manual"
+
+    def test_encode_round_trips(self) -> None:
+        """encode() writes camelCase and leaves out absent optional keys."""
+        event = events.decode_workflow(raw(**started(owner="ann", eventId="ev-1")))
+        body = json.loads(events.encode(event))
+        assert body == started(owner="ann", eventId="ev-1")
+
+
+class TestBadEvents:
+    @pytest.mark.parametrize(
+        ("body", "reason"),
+        [
+            (b"not json", "not JSON"),
+            (raw(type="workflow.exploded", executionId="e", ts=1), "invalid event"),
+            (raw(**{k: v for k, v in started().items() if k != "workflowId"}), "workflowId"),
+            (raw(**started(totalSteps=1_000_001)), "totalSteps"),
+            (raw(**started(totalSteps=-1)), "totalSteps"),
+            (raw(**started(ts="yesterday")), "ts"),
+            (raw(**started(ts=1.5)), "ts"),
+            (raw(**started(executionId="has space")), "executionId"),
+            (raw(**started(executionId="x" * 129)), "executionId"),
+            (raw(**started(executionId="")), "executionId"),
+            (raw(**started(eventId="e" * 65)), "eventId"),
+            (raw(**started(data=[1, 2])), "data"),
+            (raw(type="workflow.progress", executionId="e", completedSteps=-1, ts=1),
+             "completedSteps"),
+            (raw(type="workflow.progress", executionId="e", completedSteps=1,
+                 currentStep="s" * 257, ts=1), "currentStep"),
+            (raw(type="workflow.failed", executionId="e", ts=1), "error"),
+            (raw(type="workflow.failed", executionId="e", error="x" * 4097, ts=1), "error"),
+        ],
+    )
+    def test_bad_event_names_the_problem(self, body: bytes, reason: str) -> None:
+        """A missing key, wrong type or broken bound raises BadEventError saying what."""
+        with pytest.raises(BadEventError) as info:
+            events.decode_workflow(body)
+        assert reason in info.value.reason
+
+    def test_data_over_64k_is_bad(self) -> None:
+        """`data` is capped at 64 KiB encoded even when the entry is under 256 KiB."""
+        body = raw(**started(data={"blob": "x" * (64 * 1024)}))
+        assert len(body) < events.MAX_ENTRY_BYTES
+        with pytest.raises(BadEventError, match="data is"):
+            events.decode_workflow(body)
+
+    def test_data_just_under_the_cap_is_fine(self) -> None:
+        """The data bound is inclusive of 64 KiB minus the braces and key."""
+        event = events.decode_workflow(raw(**started(data={"b": "x" * (64 * 1024 - 12)})))
+        assert isinstance(event, events.WorkflowStarted)
+
+    def test_entry_over_256k_is_bad(self) -> None:
+        """An entry over 256 KiB is rejected before it is parsed."""
+        body = raw(**started(owner="o", padding="x" * (256 * 1024)))
+        with pytest.raises(BadEventError, match="byte limit"):
+            events.decode_workflow(body)
+
+    def test_workflow_stream_refuses_backup_commands(self) -> None:
+        """A backup command on the workflow stream is an unknown type there."""
+        with pytest.raises(BadEventError):
+            events.decode_workflow(raw(type="backup.requested", requestId="r", ts=1))
+
+    def test_validate_checks_parsed_json(self) -> None:
+        """HTTP ingest validates already-parsed objects with the same rules."""
+        assert isinstance(events.validate(started()), events.WorkflowStarted)
+        with pytest.raises(BadEventError):
+            events.validate(started(totalSteps="three"))
+
+
+class TestSchema:
+    def test_schema_lists_every_type_with_its_required_keys(self) -> None:
+        """The published JSON Schema names every event type and its required keys."""
+        schema = events.json_schema()
+        defs = schema["$defs"]
+        assert defs["WorkflowStarted"]["properties"]["type"]["enum"] == ["workflow.started"]
+        assert set(defs["WorkflowStarted"]["required"]) >= {
+            "type", "executionId", "workflowId", "totalSteps", "ts"}
+        assert defs["WorkflowProgress"]["properties"]["completedSteps"]["minimum"] == 0
+        tags = {d["properties"]["type"]["enum"][0] for d in defs.values()}
+        assert tags == {
+            "workflow.started", "workflow.progress", "workflow.completed", "workflow.failed",
+            "workflow.cancelled", "backup.requested", "backup.verify_requested",
+            "backup.completed", "backup.failed", "backup.verified"}
