@@ -55,6 +55,7 @@ class ReaderStatus:
     applied: int = 0
     dead: int = 0
     claimed: int = 0
+    taken_over: int = 0  # entries of a failed batch another consumer claimed before a retry
     last_batch_at: float = field(default=0.0)
 
     @property
@@ -350,11 +351,37 @@ class GroupReader:
         return False
 
     async def _retry(self, batch: list[RawEntry], stop: asyncio.Event) -> None:
-        """Retry a failed batch with backoff; on stop leave it pending for another consumer."""
+        """Retry a failed batch with backoff; on stop leave it pending for another consumer.
+
+        Entries another consumer has claimed meanwhile (it found them idle while we failed)
+        are left to it: re-folding them would be harmless but would take the write lock for
+        nothing, over and over while the backoff lasts.
+        """
         backoff = Backoff(cap=5.0)
         while not await wait_stop(stop, backoff.next()):
+            ours = await self._still_ours(batch)
+            self.status.taken_over += len(batch) - len(ours)
+            batch = ours
+            if not batch:
+                self._log.info("failed batch taken over by another consumer; not retried")
+                return
             if await self._process(batch):
                 return
+
+    async def _still_ours(self, batch: list[RawEntry]) -> list[RawEntry]:
+        """The entries of `batch` still pending to this consumer (all of them if unknown).
+
+        Missing one of ours here loses nothing: it stays pending and is claimed back.
+        """
+        ids = [r.entry_id for r in batch]
+        try:
+            rows = await self.redis.xpending_range(
+                self.stream, self.group, min=min(ids, key=_order), max=max(ids, key=_order),
+                count=2 * len(ids) + 100, consumername=self.consumer)
+        except (*REDIS_DOWN, ResponseError):
+            return batch  # cannot tell: try; _process reports what fails
+        ours = {_sid(p["message_id"]) for p in rows}
+        return [r for r in batch if r.entry_id in ours]
 
     def _record(
         self, good: list[StreamEntry], dead: list[tuple[RawEntry, str]], elapsed: float

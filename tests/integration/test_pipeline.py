@@ -289,3 +289,33 @@ class TestApplyFailures:
             await asyncio.wait_for(task, 10)
             assert await store.scalar("SELECT COUNT(*) FROM event_log") == len(ids)
         assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
+
+
+async def test_failed_batch_claimed_by_another_consumer_is_not_retried(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """A consumer that cannot commit leaves its batch to the one that claimed it: it stops
+    retrying (and taking the write lock) once the entries are no longer pending to it."""
+    keys = settings.keys
+    ids = await Producer(r, keys).publish_many(workload(40, 4, random.Random(9)))
+    assert ids is not None
+    stop = asyncio.Event()
+    async with await Store.open(settings.db_path) as broken, \
+            await Store.open(settings.db_path) as healthy:
+        await broken.conn.execute("PRAGMA query_only = 1")  # this consumer's writes fail
+        failing = state_reader(settings, r, broken, burst=False, block_ms=50, consumer="a")
+        task = asyncio.create_task(failing.run(stop))
+        await wait_for(lambda: not failing.status.apply_ok, 10, "the failure to be reported")
+        assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == len(ids)
+        # b finds a's entries idle and claims them (claimIdle 0.05 s)
+        taker = state_reader(settings, r, healthy, consumer="b", claim_idle=0.05)
+        await taker.run(asyncio.Event())  # burst: until nothing is pending
+        assert taker.status.claimed == len(ids)
+        await wait_for(lambda: failing.status.taken_over == len(ids), 15,
+                       "a noticing its batch was taken over")
+        assert failing.status.applied == 0
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert await healthy.scalar("SELECT COUNT(*) FROM event_log") == len(ids)
+    assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
+    assert await r.xlen(keys.dead_stream) == 0
