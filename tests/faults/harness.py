@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -229,6 +230,39 @@ class Rig:
                     if key:
                         out.append(key)
         return out
+
+    def write_lock_free(self) -> bool:
+        """Could a writer take SQLite's write lock right now (nobody inside a transaction)?"""
+        conn = sqlite3.connect(self.db_path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            conn.close()
+
+    async def pause_all_but(self, alone: Worker, attempts: int = 50) -> list[Worker]:
+        """SIGSTOP every other worker at a moment when none of them holds the write lock.
+
+        SQLite has one writer: a process frozen inside its write transaction holds up every
+        other writer of the file until it wakes. A check that one consumer folds on its own
+        must not freeze the others there.
+        """
+        others = [w for w in self.workers if w is not alone]
+        for _ in range(attempts):
+            for w in others:
+                w.pause()
+            if self.write_lock_free():
+                return others
+            for w in others:
+                w.resume()
+            await wait_for(self.write_lock_free, 10, "the write lock released")
+        raise AssertionError(f"never caught the other workers outside a write transaction "
+                             f"in {attempts} attempts")
 
     def kill_redis(self) -> None:
         self.server.kill()

@@ -84,9 +84,7 @@ async def test_redis_sigkill_under_load(make_rig, fsync, durable, seed):
     await rig.settle()
     assert all(w.alive for w in rig.workers), f"seed={seed}: a consumer died with Redis"
     for i, alone in enumerate(rig.workers):  # each consumer, on its own, folds again
-        others = [w for w in rig.workers if w is not alone]
-        for w in others:
-            w.pause()
+        others = await rig.pause_all_but(alone)
         try:
             probe = WorkflowStarted(execution_id=f"r{seed}-alone-{i}", workflow_id="probe",
                                     total_steps=1, ts=1, event_id=f"r{seed}-alone-{i}")
