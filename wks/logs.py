@@ -15,7 +15,10 @@ from loguru import logger
 _json = msgspec.json.Encoder()
 
 
-def _json_sink(stream: TextIO) -> Any:
+def _json_sink(stream: TextIO | None) -> Any:
+    """A JSON-lines sink; None writes to whatever `sys.stderr` is at the time of the call
+    (it may be replaced after setup, and the old one closed, e.g. by a test runner)."""
+
     def sink(message: Any) -> None:
         record = message.record
         line: dict[str, Any] = {
@@ -28,8 +31,9 @@ def _json_sink(stream: TextIO) -> Any:
         if record["exception"] is not None:
             exc = record["exception"]
             line["error"] = f"{exc.type.__name__}: {exc.value}" if exc.type else None
-        stream.write(_json.encode(line).decode("utf-8", "replace") + "\n")
-        stream.flush()
+        out = sys.stderr if stream is None else stream
+        out.write(_json.encode(line).decode("utf-8", "replace") + "\n")
+        out.flush()
 
     return sink
 
@@ -41,7 +45,7 @@ def setup(level: str = "INFO", fmt: str | None = None, stream: TextIO | None = N
         fmt = "console" if out.isatty() else "json"
     logger.remove()
     if fmt == "json":
-        logger.add(_json_sink(out), level=level, backtrace=False, diagnose=False)
+        logger.add(_json_sink(stream), level=level, backtrace=False, diagnose=False)
     else:
         logger.add(
             out,
