@@ -305,14 +305,17 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
 
+    # one trip to the connection's thread per read (execute, fetch and close together):
+    # a cursor's execute / fetchone / close are three, and the API pays each per request
+
     async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._conn.execute_fetchall(sql, tuple(params))
+        for row in rows:
+            return row[0]
+        return None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     async def get_fold(self, execution_id: str) -> Fold | None:
         blob = await self.scalar(
