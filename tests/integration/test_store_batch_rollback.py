@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,21 @@ from wks.state import State
 from wks.store import Store
 
 
-def _entries() -> list[StreamEntry]:
-    ev = WorkflowStarted(execution_id="x-1", workflow_id="wf", total_steps=2, ts=1, event_id="e1")
-    return [StreamEntry("1-0", ev, encode(ev))]
+def _entries(n: int = 1) -> list[StreamEntry]:
+    out = []
+    for i in range(n):
+        ev = WorkflowStarted(execution_id=f"x-{i % 7}", workflow_id="wf", total_steps=2, ts=1,
+                             event_id=f"e{i}")
+        out.append(StreamEntry(f"{i + 1}-0", ev, encode(ev)))
+    return out
 
 
-async def test_failing_before_commit_rolls_back(tmp_path: Path) -> None:
+# small batches are written from the loop's thread, large ones on the connection's thread
+SIZES = pytest.mark.parametrize("size", [1, 200], ids=["inline", "threaded"])
+
+
+@SIZES
+async def test_failing_before_commit_rolls_back(tmp_path: Path, size: int) -> None:
     """When the mirror hook raises, nothing is stored and the next batch applies."""
     async with await Store.open(tmp_path / "s.db") as store:
 
@@ -28,17 +38,51 @@ async def test_failing_before_commit_rolls_back(tmp_path: Path) -> None:
             raise ConnectionError("mirror down")
 
         with pytest.raises(ConnectionError):
-            await store.apply_batch(_entries(), before_commit=mirror_down)
+            await store.apply_batch(_entries(size), before_commit=mirror_down)
         assert not store.conn.in_transaction
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
-        await store.apply_batch(_entries())
-        assert await store.scalar("SELECT COUNT(*) FROM event_log") == 1
+        await store.apply_batch(_entries(size))
+        assert await store.scalar("SELECT COUNT(*) FROM event_log") == size
 
 
-async def test_cancelled_batch_leaves_no_open_transaction(tmp_path: Path) -> None:
-    """A batch cancelled right after queuing its BEGIN is rolled back behind it."""
+@SIZES
+async def test_batch_waits_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path, size: int
+) -> None:
+    """Another process holding the write lock: the batch waits for it (busy timeout) on the
+    connection's thread while the event loop keeps serving other tasks, then commits."""
+    path = tmp_path / "s.db"
+    # a loop blocked on the lock would stall for the whole busy timeout and fail wait_for
+    async with await Store.open(path, busy_timeout_ms=60_000) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        task = asyncio.create_task(store.apply_batch(_entries(size)))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.create_task(ticker())
+        try:
+            await wait_for(lambda: ticks >= 20, 10, "the loop running while the batch waits")
+            assert not task.done()
+            other.execute("COMMIT")  # the lock is free: the batch goes ahead
+            states = await asyncio.wait_for(task, 10)
+        finally:
+            beat.cancel()
+            other.close()
+        assert len(states) == min(size, 7)
+        assert await store.scalar("SELECT COUNT(*) FROM event_log") == size
+
+
+@SIZES
+async def test_cancelled_batch_leaves_no_open_transaction(tmp_path: Path, size: int) -> None:
+    """A batch cancelled at its first await is rolled back behind it."""
     async with await Store.open(tmp_path / "s.db") as store:
-        task = asyncio.create_task(store.apply_batch(_entries()))
+        task = asyncio.create_task(store.apply_batch(_entries(size)))
         await asyncio.sleep(0)  # let it queue BEGIN on the connection's thread
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
