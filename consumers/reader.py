@@ -138,11 +138,12 @@ class GroupReader:
             while not stop.is_set():
                 batch = await self._fetch_guarded(stop)
                 if inflight is not None:
+                    waited = not inflight.done()  # the read came back while it still ran
                     ok = await inflight
                     inflight = None
                     if not ok:
                         await self._retry(inflight_batch, stop)
-                    if batch and len(batch) < self.batch_size:
+                    if waited and batch and len(batch) < self.batch_size:
                         # entries that arrived while the previous batch committed join this
                         # one instead of waiting a whole commit more (latency at low rates)
                         batch.extend(await self._top_up(self.batch_size - len(batch)))
