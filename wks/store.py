@@ -161,6 +161,13 @@ def _rollback_open(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+async def _rollback_queued(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever is open, queued behind the calls already on the connection's
+    thread; shielded, so a cancelled batch still leaves no transaction behind."""
+    with contextlib.suppress(ValueError):  # the connection is already closed
+        await asyncio.shield(_run(conn, _rollback_open))
+
+
 def _write(
     db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: list[tuple[Any, ...]],
     aliases: list[tuple[Any, ...]],
@@ -334,9 +341,7 @@ class Store:
                         await asyncio.wait([step])
                     if step is not None and not step.cancelled():
                         step.exception()  # retrieved: the error that matters is being raised
-                # queued behind them on the connection's thread, so it cannot be overtaken
-                with contextlib.suppress(ValueError):  # the connection is already closed
-                    await asyncio.shield(_run(conn, _rollback_open))
+                await _rollback_queued(conn)  # behind them, so it cannot be overtaken
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
@@ -369,8 +374,7 @@ class Store:
                     await before_commit(states)
                 await conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(ValueError):  # the connection is already closed
-                    await asyncio.shield(_run(conn, _rollback_open))
+                await _rollback_queued(conn)
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
