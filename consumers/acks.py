@@ -19,7 +19,7 @@ from loguru import logger
 from redis.exceptions import ResponseError
 
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import scripts_refused
+from wks.redis import scripts_refused, text
 
 _json = msgspec.json.Encoder()
 
@@ -72,10 +72,6 @@ def reason_kind(reason: str) -> str:
     return "invalid"
 
 
-def _sid(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Acknowledger:
     """XACK for one (stream, group), with the dead letters of the batch."""
 
@@ -126,7 +122,7 @@ class Acknowledger:
         fields = raw.fields or {}
         payload = fields.get(EVENT_FIELD)
         if payload is None:
-            payload = _json.encode({_sid(k): _sid(v) for k, v in fields.items()})
+            payload = _json.encode({text(k): text(v) for k, v in fields.items()})
         return {
             "stream": self.stream,
             "entryId": raw.entry_id,

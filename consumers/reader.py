@@ -34,7 +34,7 @@ from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import StreamEntry, event_type
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, is_loading
+from wks.redis import REDIS_DOWN, Backoff, is_loading, text
 from wks.stream_stats import group_stats
 
 
@@ -70,10 +70,6 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _sid(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class GroupReader:
@@ -233,7 +229,7 @@ class GroupReader:
         if not reply:
             return []
         _, messages = reply[0]
-        return [RawEntry(_sid(mid), fields) for mid, fields in messages]
+        return [RawEntry(text(mid), fields) for mid, fields in messages]
 
     async def _top_up(self, count: int) -> list[RawEntry]:
         """New entries already waiting, without blocking; nothing when Redis is unwell."""
@@ -244,19 +240,19 @@ class GroupReader:
             return []  # the next regular read reports and handles it
         if not reply:
             return []
-        return [RawEntry(_sid(mid), fields) for mid, fields in reply[0][1]]
+        return [RawEntry(text(mid), fields) for mid, fields in reply[0][1]]
 
     async def _claim(self) -> list[RawEntry]:
         reply = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms,
             start_id=self._claim_cursor, count=self.batch_size,
         )
-        self._claim_cursor = _sid(reply[0])
+        self._claim_cursor = text(reply[0])
         messages = reply[1]
-        out = [RawEntry(_sid(mid), fields or None) for mid, fields in messages]
+        out = [RawEntry(text(mid), fields or None) for mid, fields in messages]
         # Redis 7 reports ids deleted from the stream separately; 6.2 returns them with nil
         if len(reply) > 2:
-            out.extend(RawEntry(_sid(mid), None) for mid in reply[2])
+            out.extend(RawEntry(text(mid), None) for mid in reply[2])
         if not out:
             return []
         live = [r.entry_id for r in out if r.fields is not None]
@@ -265,7 +261,7 @@ class GroupReader:
                 self.stream, self.group, min=min(live, key=_order), max=max(live, key=_order),
                 count=len(out) + 10, consumername=self.consumer,
             )
-            by_id = {_sid(p["message_id"]): int(p["times_delivered"]) for p in counts}
+            by_id = {text(p["message_id"]): int(p["times_delivered"]) for p in counts}
             for r in out:
                 r.deliveries = by_id.get(r.entry_id, r.deliveries)
         metrics.CLAIMED.labels(self.group).inc(len(out))
@@ -381,7 +377,7 @@ class GroupReader:
                 count=2 * len(ids) + 100, consumername=self.consumer)
         except (*REDIS_DOWN, ResponseError):
             return batch  # cannot tell: try; _process reports what fails
-        ours = {_sid(p["message_id"]) for p in rows}
+        ours = {text(p["message_id"]) for p in rows}
         return [r for r in batch if r.entry_id in ours]
 
     def _record(

@@ -38,7 +38,7 @@ from wks.config import Settings
 from wks.errors import WksError
 from wks.keys import Keys
 from wks.locks import Lock
-from wks.redis import REDIS_DOWN
+from wks.redis import REDIS_DOWN, text
 from wks.store import Store, split_entry_id
 from wks.stream_stats import LAST_RUN_FIELD, stream_stats
 
@@ -56,10 +56,6 @@ class Runtime(Protocol):
 
     settings: Settings
     redis: aioredis.Redis
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def now_ms() -> int:
@@ -81,14 +77,14 @@ async def trim_floor(redis: aioredis.Redis, stream: str) -> str | None:
         raise
     needed: list[str] = []
     for g in groups:
-        name = _text(g["name"])
+        name = text(g["name"])
         if int(g["pending"]):
             oldest = await redis.xpending_range(stream, name, min="-", max="+", count=1)
             if oldest:
-                needed.append(_text(oldest[0]["message_id"]))
-        after = await redis.xrange(stream, min=f"({_text(g['last-delivered-id'])}", count=1)
+                needed.append(text(oldest[0]["message_id"]))
+        after = await redis.xrange(stream, min=f"({text(g['last-delivered-id'])}", count=1)
         if after:
-            needed.append(_text(after[0][0]))
+            needed.append(text(after[0][0]))
     return min(needed, key=split_entry_id) if needed else None
 
 

@@ -44,7 +44,7 @@ from wks.events import (
     encode,
 )
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, client, scripts_refused
+from wks.redis import REDIS_DOWN, Backoff, client, scripts_refused, text
 
 # KEYS[1] = stream; ARGV[1] = the encoded events as one msgpack array of strings (one
 # argument: redis-py packs each argument in Python, ~1 us apiece). Returns the ids in order.
@@ -63,10 +63,6 @@ _pack = msgspec.msgpack.Encoder()
 def _url_of(r: aioredis.Redis) -> str:
     kw = r.connection_pool.connection_kwargs
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def now_ms() -> int:
@@ -238,19 +234,19 @@ class Producer:
 
     async def _detect_durability(self) -> str:
         info = await self.redis.info("server")
-        text = str(info["redis_version"])
-        if tuple(int(p) for p in text.split(".")[:2] if p.isdigit()) >= (7, 2):
+        version = str(info["redis_version"])
+        if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) >= (7, 2):
             return "waitaof"
         try:
             conf = await self.redis.config_get("append*")
         except ResponseError:  # CONFIG disabled (managed services): cannot tell
             conf = {}
-        values = {_text(k): _text(v) for k, v in conf.items()}
+        values = {text(k): text(v) for k, v in conf.items()}
         if values.get("appendonly") == "yes" and values.get("appendfsync") == "always":
             return "appendfsync always"
         logger.warning("durable=True, but Redis {} has no WAITAOF and is not known to run "
                        "appendfsync always: an acknowledged event can still be lost if the "
-                       "Redis host crashes", text)
+                       "Redis host crashes", version)
         return "none"
 
     async def _flush_loop(self) -> None:

@@ -41,6 +41,11 @@ def scripts_refused(exc: ResponseError) -> bool:
     return any(s in text for s in ("noperm", "unknown command", "disabled", "not allowed"))
 
 
+def text(value: object) -> str:
+    """A reply value as str: our clients return bytes (decode_responses=False)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def is_loading(exc: BaseException) -> bool:
     return "LOADING" in str(exc)
 

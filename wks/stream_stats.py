@@ -21,12 +21,9 @@ from redis.exceptions import ResponseError
 
 from wks import metrics
 from wks.keys import Keys
+from wks.redis import text
 
 LAST_RUN_FIELD = "lastRunAt"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def entry_ms(entry_id: str) -> int:
@@ -45,12 +42,12 @@ async def stream_stats(
             pipe.xrange(key, count=1)
         pipe.hgetall(keys.retention_totals)
         replies = await pipe.execute()
-    totals = {_text(k): int(v) for k, v in replies[-1].items()}
+    totals = {text(k): int(v) for k, v in replies[-1].items()}
     out: dict[str, Any] = {}
     for i, (name, key) in enumerate(streams.items()):
         length = int(replies[2 * i])
         first = replies[2 * i + 1]
-        oldest = _text(first[0][0]) if first else None
+        oldest = text(first[0][0]) if first else None
         age = max(0.0, (now - entry_ms(oldest)) / 1000) if oldest else None
         out[name] = {"stream": key, "length": length, "oldestEntryId": oldest,
                      "oldestAgeSeconds": age, "trimmed": totals.get(name, 0)}
@@ -72,9 +69,9 @@ async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[st
             return None
         raise
     for g in groups:
-        if _text(g["name"]) != group:
+        if text(g["name"]) != group:
             continue
-        last = _text(g["last-delivered-id"])
+        last = text(g["last-delivered-id"])
         lag = g.get("lag")
         if lag is None and "lag" not in g:
             after = await redis.xrange(stream, min=f"({last}", count=100_001)

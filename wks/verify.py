@@ -31,6 +31,7 @@ from wks.audit import (
     next_or_none,
     parse_id,
 )
+from wks.redis import text
 from wks.state import Fold, combine, decode_fold
 from wks.store import Store
 
@@ -233,7 +234,7 @@ async def coverage(
     first = await redis.xrange(stream, count=1)
     low = parse_id("0-0" if start == "-" else start)
     if first:
-        first_id = parse_id(_text(first[0][0]))
+        first_id = parse_id(text(first[0][0]))
         low = max(low, first_id)
     else:
         first_id = MAX_ID
@@ -250,7 +251,7 @@ async def stream_trimmed(
     with contextlib.suppress(ResponseError):  # XINFO STREAM on a missing key raises
         info = await redis.xinfo_stream(stream)
         deleted = info.get("max-deleted-entry-id")  # Redis 7+
-        if deleted is not None and _text(deleted) != "0-0":
+        if deleted is not None and text(deleted) != "0-0":
             return True
     rows = await live.fetchall(
         "SELECT entry_ms, entry_seq FROM event_log"
@@ -258,5 +259,3 @@ async def stream_trimmed(
     return bool(rows) and (rows[0][0], rows[0][1]) < first_id
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,6 +21,7 @@ from wks.config import Settings
 from wks.errors import NotFound, WksError
 from wks.keys import GROUP_STATE
 from wks.progress import Progress
+from wks.redis import text
 from wks.replay import parse_bound
 from wks.store import Store
 from wks.stream_stats import group_stats
@@ -68,7 +69,7 @@ async def _main(args: argparse.Namespace, settings: Settings, start: str, end: s
         redis = rt.redis
         if end is None:  # freeze the end: entries arriving during the replay are left out
             last = await redis.xrevrange(stream, count=1)
-            end = _text(last[0][0]) if last else "+"
+            end = text(last[0][0]) if last else "+"
         bounded = bool(args.start or args.end)
         total = None if bounded or args.execution else int(await redis.xlen(stream))
         progress = Progress(total, "replay", enabled=True if args.progress else None)
@@ -104,10 +105,6 @@ async def _main(args: argparse.Namespace, settings: Settings, start: str, end: s
                 await live.close()
     _print_report(args, line, stats, cov, report)
     return 0 if report.ok else 1
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _summary(stats: ReplayStats, executions: int) -> str:
