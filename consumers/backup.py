@@ -9,7 +9,6 @@ reported, then acknowledged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,19 +28,16 @@ from wks.events import (
     StreamEntry,
     decode_backup,
     encode,
+    now_ms,
 )
 from wks.keys import EVENT_FIELD
 from wks.store import Store
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def completed_event(row: dict[str, Any], request_id: str | None) -> BackupCompleted:
     """The result event of a completed backup_log row."""
     return BackupCompleted(
-        ts=_now_ms(), backup_id=row["id"], backup_type=row["backup_type"],
+        ts=now_ms(), backup_id=row["id"], backup_type=row["backup_type"],
         file_path=str(row["file_path"]).rsplit("/", 1)[-1],  # the name only, never a path
         file_size_bytes=int(row["file_size_bytes"] or 0), checksum=str(row["checksum"]),
         duration_ms=int(row.get("duration_ms") or 0), request_id=request_id,
@@ -88,7 +84,7 @@ class BackupHandler:
         except BackupError as exc:
             failed = await log.by_request(self.store, rid)
             await publish_result(self.redis, self.results, BackupFailed(
-                ts=_now_ms(), error=str(exc), backup_id=failed["id"] if failed else None,
+                ts=now_ms(), error=str(exc), backup_id=failed["id"] if failed else None,
                 backup_type=event.backup_type, request_id=rid))
             return
         await publish_result(self.redis, self.results, completed_event(row, rid))
@@ -96,10 +92,10 @@ class BackupHandler:
     async def _verify(self, event: Any) -> None:
         try:
             verdict = await backup_job.verify_backup(self.store, self.settings, event.backup_id)
-            result = BackupVerified(ts=_now_ms(), backup_id=event.backup_id,
+            result = BackupVerified(ts=now_ms(), backup_id=event.backup_id,
                                     valid=verdict.valid, message=verdict.message,
                                     checks=verdict.checks, request_id=event.request_id)
         except (NotFound, BackupError) as exc:
-            result = BackupVerified(ts=_now_ms(), backup_id=event.backup_id, valid=False,
+            result = BackupVerified(ts=now_ms(), backup_id=event.backup_id, valid=False,
                                     message=str(exc), request_id=event.request_id)
         await publish_result(self.redis, self.results, result)

@@ -24,7 +24,6 @@ The pass runs under lock `trim` (non-blocking: a worker that finds it held skips
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -36,11 +35,12 @@ from wks import metrics
 from wks.aio import wait_stop
 from wks.config import Settings
 from wks.errors import WksError
+from wks.events import now_ms
 from wks.keys import Keys
 from wks.locks import Lock
 from wks.redis import REDIS_DOWN, text
 from wks.store import Store, split_entry_id
-from wks.stream_stats import LAST_RUN_FIELD, stream_stats
+from wks.stream_stats import LAST_RUN_FIELD, stream_groups, stream_stats
 
 LOCK_NAME = "trim"
 _PRUNE_CHUNK = 1000
@@ -58,9 +58,6 @@ class Runtime(Protocol):
     redis: aioredis.Redis
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 def pass_interval(settings: Settings) -> float:
     """How often to trim: every minute, sooner for very short retentions (tests)."""
@@ -69,14 +66,8 @@ def pass_interval(settings: Settings) -> float:
 
 async def trim_floor(redis: aioredis.Redis, stream: str) -> str | None:
     """The oldest entry id any group of `stream` still needs; None when none needs any."""
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return None
-        raise
     needed: list[str] = []
-    for g in groups:
+    for g in await stream_groups(redis, stream):
         name = text(g["name"])
         if int(g["pending"]):
             oldest = await redis.xpending_range(stream, name, min="-", max="+", count=1)

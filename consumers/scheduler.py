@@ -22,7 +22,7 @@ from wks.backup_job import read_config
 from wks.config import Settings
 from wks.events import BackupRequested, encode
 from wks.keys import EVENT_FIELD
-from wks.redis import REDIS_DOWN, Backoff
+from wks.redis import REDIS_DOWN, Backoff, text
 
 RECHECK = 5.0  # seconds: the longest a config change waits to be noticed
 
@@ -50,7 +50,7 @@ async def claim_slot(
     )
     if not reply:
         return None
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
+    return text(reply)
 
 
 async def run_scheduler(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -42,6 +41,7 @@ from wks.events import (
     WorkflowProgress,
     WorkflowStarted,
     encode,
+    now_ms,
 )
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, client, scripts_refused, text
@@ -64,9 +64,6 @@ def _url_of(r: aioredis.Redis) -> str:
     kw = r.connection_pool.connection_kwargs
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Producer:
@@ -218,7 +215,7 @@ class Producer:
                 raw = await pipe.execute()
         if self.durable:
             await self._wait_durable()
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+        return [text(r) for r in raw]
 
     async def _wait_durable(self) -> None:
         """Block until the write is fsynced to the AOF (WAITAOF, Redis 7.2+).

@@ -30,7 +30,9 @@ from wks.config import COMPRESSIONS, Settings
 from wks.errors import BackupError, LockError, NotFound, StaleFencingToken
 from wks.keys import GROUP_STATE, Keys
 from wks.locks import Lock
+from wks.redis import text
 from wks.store import Store
+from wks.stream_stats import stream_groups
 
 LOCK_NAME = "backup"
 MIN_INTERVAL_MS = 1000
@@ -123,13 +125,10 @@ async def safe_point(redis: aioredis.Redis, keys: Keys) -> str:
         pending = await redis.xpending_range(keys.workflow_stream, GROUP_STATE, min="-",
                                              max="+", count=1)
         if pending:
-            mid = pending[0]["message_id"]
-            return mid.decode() if isinstance(mid, bytes) else str(mid)
-        for group in await redis.xinfo_groups(keys.workflow_stream):
-            name = group["name"]
-            if (name.decode() if isinstance(name, bytes) else name) == GROUP_STATE:
-                last = group["last-delivered-id"]
-                last = last.decode() if isinstance(last, bytes) else str(last)
+            return text(pending[0]["message_id"])
+        for group in await stream_groups(redis, keys.workflow_stream):
+            if text(group["name"]) == GROUP_STATE:
+                last = text(group["last-delivered-id"])
                 return "-" if last == "0-0" else last
     except ResponseError:
         pass  # no stream or no group yet: replay everything

@@ -8,6 +8,7 @@ rules: new fields get defaults, a field's type never changes.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -22,6 +23,11 @@ EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Ts = Annotated[int, msgspec.Meta(ge=0, description="epoch milliseconds, set by the producer")]
 Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at most 64 KiB encoded")]
 BackupType = Literal["manual", "scheduled", "pre-migration"]
+
+
+def now_ms() -> int:
+    """The clock of every `ts`: epoch milliseconds."""
+    return int(time.time() * 1000)
 
 
 class _Event(msgspec.Struct, tag_field="type", rename="camel", frozen=True, kw_only=True,

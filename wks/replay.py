@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from wks.errors import BadEventError
 from wks.events import StreamEntry, decode_workflow
 from wks.keys import EVENT_FIELD
+from wks.redis import text
 from wks.store import Store
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -53,7 +54,7 @@ async def iter_pages(
         rows = await redis.xrange(stream, min=cursor, max=end, count=page)
         if not rows:
             return
-        out = [(mid.decode() if isinstance(mid, bytes) else mid, fields) for mid, fields in rows]
+        out = [(text(mid), fields) for mid, fields in rows]
         yield out
         if len(rows) < page:
             return

@@ -35,6 +35,7 @@ from wks import backup_log as log
 from wks.config import Settings
 from wks.errors import BackupError, NotFound, StoreError, WksError
 from wks.keys import GROUP_STATE
+from wks.redis import text
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
 
@@ -65,8 +66,7 @@ async def active_state_consumers(
             return {}
         out = {}
         for c in consumers:
-            name = c["name"]
-            out[name.decode() if isinstance(name, bytes) else str(name)] = int(c["idle"])
+            out[text(c["name"])] = int(c["idle"])
         return out
 
     first = await sample()

@@ -23,7 +23,7 @@ import msgspec
 
 from wks.errors import StoreError
 from wks.events import StreamEntry as Entry
-from wks.events import event_type
+from wks.events import event_type, now_ms
 from wks.migrations import MIGRATIONS
 from wks.state import Fold, State, apply, combine, decode_fold, encode_fold, to_state
 
@@ -36,9 +36,6 @@ def split_entry_id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 _UPSERT = """

@@ -56,19 +56,23 @@ async def stream_stats(
     return {"streams": out, "lastTrimAt": totals.get(LAST_RUN_FIELD)}
 
 
+async def stream_groups(redis: aioredis.Redis, stream: str) -> list[dict[str, Any]]:
+    """XINFO GROUPS of `stream`; no groups when the stream does not exist yet."""
+    try:
+        return await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+
+
 async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[str, Any] | None:
     """Pending, lag and consumers of one group; None when the group does not exist.
 
     `lag` comes from XINFO GROUPS on Redis 7+; on 6.2 it is counted (capped at 100,001)
     from the entries after the group's last-delivered id.
     """
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return None
-        raise
-    for g in groups:
+    for g in await stream_groups(redis, stream):
         if text(g["name"]) != group:
             continue
         last = text(g["last-delivered-id"])

@@ -15,10 +15,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from wks.config import Settings
-from wks.events import BackupRequested, Event, encode
+from wks.events import BackupRequested, Event, encode, now_ms
 from wks.http.ratelimit import RateLimiter
 from wks.keys import EVENT_FIELD, Keys
-from wks.store import Store, now_ms
+from wks.redis import text
+from wks.store import Store
 
 if TYPE_CHECKING:
     from wks.cli.runtime import Runtime
@@ -58,7 +59,7 @@ class StreamPublisher:
             for event in events:
                 pipe.xadd(target, {EVENT_FIELD: encode(event)})
             raw = await pipe.execute()
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+        return [text(r) for r in raw]
 
     async def request_backup(
         self, request_id: str | None = None, *, backup_type: str = "manual",

@@ -14,7 +14,7 @@ from loguru import logger
 
 from wks.aio import wait_stop
 from wks.errors import RedisUnavailable
-from wks.events import WorkflowFailed
+from wks.events import WorkflowFailed, now_ms
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import principal_of, visible
@@ -22,7 +22,6 @@ from wks.http.context import PRODUCER, SETTINGS, SHUTDOWN, STORE
 from wks.http.errors import ApiError, not_found
 from wks.redis import REDIS_DOWN
 from wks.state import TERMINAL
-from wks.store import now_ms
 
 routes = web.RouteTableDef()
 
