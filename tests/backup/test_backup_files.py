@@ -22,6 +22,16 @@ from wks.errors import NotFound
 from wks.store import Store
 
 
+async def _backup_of(r: aioredis.Redis, settings: Settings, executions: int) -> dict:
+    """The row of a backup of a fresh database holding `executions` executions."""
+    store = await Store.open(settings.db_path)
+    try:
+        await populate(store, executions)
+        return await backup_job.locked_backup(store, r, settings)
+    finally:
+        await store.close()
+
+
 def _plain(path: Path, scratch: Path) -> Path:
     if files.compression_of(path) == "none":
         return path
@@ -78,13 +88,7 @@ async def test_verify_detects_every_flipped_byte_and_truncation(
 ):
     """Flipping any single byte (many positions) or truncating the file makes verify report
     it invalid, and verify itself never changes the file."""
-    settings = make_settings(compression=compression)
-    store = await Store.open(settings.db_path)
-    try:
-        await populate(store, 200)
-        row = await backup_job.locked_backup(store, r, settings)
-    finally:
-        await store.close()
+    row = await _backup_of(r, make_settings(compression=compression), 200)
     await asyncio.to_thread(_corrupt_every_way, Path(row["file_path"]), row["checksum"],
                             tmp_path / "scratch")
 
@@ -136,13 +140,7 @@ async def test_compressed_backups_round_trip(
     r: aioredis.Redis, make_settings, tmp_path: Path, compression: str
 ):
     """A compressed backup verifies and decompresses to the same executions."""
-    settings = make_settings(compression=compression)
-    store = await Store.open(settings.db_path)
-    try:
-        await populate(store, 50)
-        row = await backup_job.locked_backup(store, r, settings)
-    finally:
-        await store.close()
+    row = await _backup_of(r, make_settings(compression=compression), 50)
     path = Path(row["file_path"])
     assert path.name.endswith(files.SUFFIXES[compression])
     assert files.verify(path, row["checksum"], tmp_path).valid

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from tests.http.conftest import bearer
 from wks.cli.runtime import Runtime
@@ -44,17 +46,26 @@ async def test_mode_and_consumers_come_from_the_runtime(make_client, settings, r
     assert body["status"] == "degraded"
 
 
+@contextlib.asynccontextmanager
+async def api_on_own_redis(make_client, settings, redis_factory) -> AsyncIterator[tuple]:
+    """An API client on a Redis server of its own (to kill or pause), with an admin header."""
+    server = redis_factory()
+    conn = redis_client(server.url)
+    try:
+        api = await make_client(settings, conn)
+        headers = bearer(await mint_token(settings, conn, "root", "admin", 600))
+        yield api, headers, server
+    finally:
+        await conn.aclose()
+
+
 async def test_redis_down_is_degraded_and_reads_still_answer(
     make_client, settings, redis_factory, producer, fold
 ):
     """With Redis stopped, /health is degraded (200) and state reads answer from SQLite."""
     await producer.started("kept", "etl", 2, owner="root")
     await fold()
-    server = redis_factory()
-    conn = redis_client(server.url)
-    try:
-        api = await make_client(settings, conn)
-        headers = bearer(await mint_token(settings, conn, "root", "admin", 600))
+    async with api_on_own_redis(make_client, settings, redis_factory) as (api, headers, server):
         assert (await api.get("/api/workflow-state/kept", headers=headers)).status == 200
         server.kill()
         resp = await api.get("/health")
@@ -73,8 +84,6 @@ async def test_redis_down_is_degraded_and_reads_still_answer(
         assert resp.status == 503  # a write needs Redis: refused, not silently dropped
         bad = {"Authorization": "Bearer garbage"}
         assert (await api.get("/api/workflow-state/kept", headers=bad)).status == 401
-    finally:
-        await conn.aclose()
 
 
 async def test_database_failure_is_unhealthy_503(client):
@@ -95,11 +104,7 @@ async def test_paused_redis_does_not_hang_reads(make_client, settings, redis_fac
     """With Redis stalled (SIGSTOP), reads answer from SQLite after a bounded session check."""
     await producer.started("slow", "etl", 2, owner="root")
     await fold()
-    server = redis_factory()
-    conn = redis_client(server.url)
-    try:
-        api = await make_client(settings, conn)
-        headers = bearer(await mint_token(settings, conn, "root", "admin", 600))
+    async with api_on_own_redis(make_client, settings, redis_factory) as (api, headers, server):
         server.pause()
         try:
             resp = await asyncio.wait_for(
@@ -110,8 +115,6 @@ async def test_paused_redis_does_not_hang_reads(make_client, settings, redis_fac
             assert (await health.json())["status"] == "degraded"
         finally:
             server.resume()
-    finally:
-        await conn.aclose()
 
 
 async def test_health_shows_streams_and_a_stalled_group(client, settings, r):
