@@ -85,8 +85,12 @@ class Acknowledger:
 
     async def ack(self, ids: list[str], dead: list[tuple[RawEntry, str]]) -> None:
         """Acknowledge `ids`, and write a dead letter for each of `dead` (among them)."""
+        if not dead:
+            if ids:
+                await self.redis.xack(self.stream, self.group, *ids)  # one command, no MULTI
+            return
         now = str(int(time.time() * 1000))
-        if dead and self._script is not None:
+        if self._script is not None:
             try:
                 await self._ack_once(ids, dead, now)
                 return

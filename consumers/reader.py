@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ from consumers.acks import Acknowledger, RawEntry, reason_kind
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import StreamEntry, event_type
+from wks.events import StreamEntry, type_tag
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, is_loading, text
 from wks.stream_stats import group_stats
@@ -314,8 +315,11 @@ class GroupReader:
         self, good: list[StreamEntry], batch: list[RawEntry], dead: list[tuple[RawEntry, str]]
     ) -> list[StreamEntry]:
         """Apply; if the handler raises something that is not transient (a bug, a poison
-        entry), apply the entries one by one so that only the failing ones are dead-lettered
-        and the rest of the batch is not held back."""
+        entry), isolate the failing entries by halving, so that only they are dead-lettered
+        and the rest of the batch is not held back.
+
+        Halving costs about 2·log2(n) applies per failing entry instead of one apply per
+        entry; the fold does not depend on order or grouping, so splitting is safe."""
         try:
             await self.handler.apply(good)
             return good
@@ -327,14 +331,22 @@ class GroupReader:
                 type(exc).__name__, exc)
         raws = {r.entry_id: r for r in batch}
         applied: list[StreamEntry] = []
-        for item in good:
+        halves = [good[len(good) // 2:], good[:len(good) // 2]]  # a stack: first half first
+        while halves:
+            part = halves.pop()
+            if not part:
+                continue
             try:
-                await self.handler.apply([item])
-                applied.append(item)
+                await self.handler.apply(part)
+                applied.extend(part)
             except _RETRYABLE:
                 raise
             except Exception as exc:
-                dead.append((raws[item.entry_id], f"apply failed: {type(exc).__name__}: {exc}"))
+                if len(part) == 1:
+                    dead.append((raws[part[0].entry_id],
+                                 f"apply failed: {type(exc).__name__}: {exc}"))
+                else:
+                    halves += [part[len(part) // 2:], part[:len(part) // 2]]
         return applied
 
     def _failed(self, what: str, exc: BaseException) -> bool:
@@ -391,14 +403,11 @@ class GroupReader:
         metrics.BATCH_SECONDS.labels(self.group).observe(elapsed)
         metrics.BATCH_SIZE.labels(self.group).observe(len(good) + len(dead))
         now_ms = time.time() * 1000
-        age = metrics.EVENT_AGE.labels(self.group)
-        counts: dict[str, int] = {}
-        for item in good:
-            kind = event_type(item.event)
-            counts[kind] = counts.get(kind, 0) + 1
-            age.observe(max(0.0, (now_ms - _order(item.entry_id)[0]) / 1000))
-        for kind, n in counts.items():
-            metrics.EVENTS.labels(self.name, kind, "applied").inc(n)
+        metrics.observe_many(metrics.EVENT_AGE.labels(self.group), [
+            max(0.0, (now_ms - int(item.entry_id.partition("-")[0])) / 1000) for item in good])
+        by_type = Counter(type(item.event) for item in good)  # the tag lookup once per type
+        for cls, n in by_type.items():
+            metrics.EVENTS.labels(self.name, type_tag(cls), "applied").inc(n)
         for _raw, reason in dead:
             kind = reason_kind(reason)
             metrics.EVENTS.labels(self.name, "unknown", "dead").inc()

@@ -1,10 +1,12 @@
 """Reading a stream back in pages and folding it into a store (replay, restore catch-up).
 
-Memory stays flat: one page (default 1000 entries) is in memory at a time.
+Memory stays flat: two pages (default 10,000 entries each) are in memory at a time, the one
+being folded and the next one, read meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from wks.errors import BadEventError
 from wks.events import StreamEntry, decode_workflow
 from wks.keys import EVENT_FIELD
 from wks.redis import text
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
 
@@ -92,18 +94,27 @@ async def fold_range(
     start: str = "-",
     end: str = "+",
     *,
-    page: int = 1000,
+    page: int = FOLD_BATCH,
     on_page: Callable[[FoldStats], None] | None = None,
 ) -> FoldStats:
     """Fold every valid workflow entry of `stream` in [start, end] into `store`."""
     stats = FoldStats()
-    async for rows in iter_pages(redis, stream, start, end, page):
-        good, bad = decode_page(rows)
-        await store.apply_batch(good)
-        stats.entries += len(rows)
-        stats.applied += len(good)
-        stats.bad += len(bad)
-        stats.last_entry_id = rows[-1][0]
-        if on_page is not None:
-            on_page(stats)
+    pages = iter_pages(redis, stream, start, end, page)
+    ahead = asyncio.ensure_future(anext(pages, None))  # the next page, read while one folds
+    try:
+        while (rows := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(pages, None))
+            good, bad = decode_page(rows)
+            await store.apply_batch(good)
+            stats.entries += len(rows)
+            stats.applied += len(good)
+            stats.bad += len(bad)
+            stats.last_entry_id = rows[-1][0]
+            if on_page is not None:
+                on_page(stats)
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+        await asyncio.gather(ahead, return_exceptions=True)
+        await pages.aclose()
     return stats

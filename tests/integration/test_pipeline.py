@@ -266,6 +266,36 @@ class TestApplyFailures:
         assert dead[0][1][b"reason"] == b"apply failed: ValueError: cannot fold e-3"
         assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
 
+    async def test_poison_entries_are_found_by_halving(
+        self, settings: Settings, r: aioredis.Redis
+    ) -> None:
+        """Two bad entries in a batch of 1,000 cost a few dozen applies, not 1,000."""
+        keys = settings.keys
+        events = [ev.WorkflowStarted(execution_id=f"h-{i}", workflow_id="w", total_steps=1, ts=i)
+                  for i in range(1000)]
+        ids = await Producer(r, keys).publish_many(events)
+        assert ids is not None
+        bad = {"h-3", "h-517"}
+        calls = []
+        async with await Store.open(settings.db_path) as store:
+            reader = state_reader(settings, r, store)
+            real_apply = reader.handler.apply
+
+            async def apply(items: list[ev.StreamEntry]) -> None:
+                calls.append(len(items))
+                if any(i.event.execution_id in bad for i in items):
+                    raise ValueError("cannot fold")
+                await real_apply(items)
+
+            reader.handler.apply = apply  # type: ignore[method-assign]
+            await reader.run(asyncio.Event())
+            assert await store.scalar("SELECT COUNT(*) FROM executions") == 998
+        assert calls[0] == 1000  # one read, one batch
+        assert len(calls) <= 1 + 2 * 2 * 10  # two failing entries, log2(1000) < 10 levels each
+        dead = await r.xrange(keys.dead_stream)
+        assert sorted(f[b"entryId"].decode() for _, f in dead) == sorted([ids[3], ids[517]])
+        assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
+
     async def test_sqlite_refusing_writes_means_no_ack_until_it_recovers(
         self, settings: Settings, r: aioredis.Redis
     ) -> None:

@@ -36,7 +36,7 @@ from wks.events import StreamEntry, WorkflowEvent, encode
 from wks.keys import EVENT_FIELD, GROUP_STATE
 from wks.progress import Progress
 from wks.replay import fold_range
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 
 _CHUNK = 10_000  # events per publish_many call (the library splits them in 1,000s)
 _PIPELINE = 1000  # XADDs per pipeline for the ruler, as in the issue
@@ -78,7 +78,8 @@ def state_reader(
     handler = Observed(StateHandler(store, b.redis, b.keys, s.state_ttl), on_applied)
     return GroupReader(
         b.redis, b.keys, name="workflow", stream=b.keys.workflow_stream, group=group,
-        handler=handler, claim_idle=s.claim_idle, max_deliveries=s.max_deliveries, burst=burst,
+        handler=handler, claim_idle=s.claim_idle, max_deliveries=s.max_deliveries,
+        batch_size=FOLD_BATCH, burst=burst,
     )
 
 

@@ -13,7 +13,7 @@ from consumers.state import StateHandler
 from wks.cli.backup_service import backup_service
 from wks.cli.runtime import Runtime, Service
 from wks.keys import GROUP_BACKUP, GROUP_STATE
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 
 
 def state_service(rt: Runtime, *, burst: bool = False) -> Service:
@@ -31,7 +31,7 @@ def state_service(rt: Runtime, *, burst: bool = False) -> Service:
             reader = GroupReader(
                 rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
                 handler=handler, claim_idle=settings.claim_idle,
-                max_deliveries=settings.max_deliveries, burst=burst,
+                max_deliveries=settings.max_deliveries, batch_size=FOLD_BATCH, burst=burst,
             )
             rt.readers[GROUP_STATE] = reader
             await reader.run(stop)
