@@ -20,7 +20,7 @@ from tests.workload import as_dicts, distinct_events, reference, workload
 from wks.config import Settings
 from wks.keys import GROUP_STATE
 from wks.redis import ping
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 from wks.stream_stats import group_stats
 
 pytestmark = pytest.mark.slow
@@ -46,13 +46,16 @@ async def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
     """SIGKILL a consumer process mid-run: the survivor claims its entries; state is exact."""
     keys = settings.keys
     rnd = random.Random(99)
-    events = workload(20_000, 400, rnd)
+    # more than one batch (FOLD_BATCH) waiting at the start, so that the worker has read a
+    # second batch while it commits the first: the kill then finds entries pending
+    first = 2 * FOLD_BATCH + 500
+    events = workload(first + 10_000, 1000, rnd)
     rnd.shuffle(events)
     producer = Producer(r, keys)
     published = []
-    ids = await producer.publish_many(events[:10_000])
+    ids = await producer.publish_many(events[:first])
     assert ids is not None
-    published += list(zip(events[:10_000], ids, strict=True))
+    published += list(zip(events[:first], ids, strict=True))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "wks.cli.__main__", "worker", "--group", "state",
         env=worker_env(settings), stderr=asyncio.subprocess.DEVNULL,
@@ -68,9 +71,9 @@ async def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
             proc.send_signal(signal.SIGKILL)
             await asyncio.wait_for(proc.wait(), 10)
             left = (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"]
-            ids = await producer.publish_many(events[10_000:])
+            ids = await producer.publish_many(events[first:])
             assert ids is not None
-            published += list(zip(events[10_000:], ids, strict=True))
+            published += list(zip(events[first:], ids, strict=True))
 
             survivor = state_reader(settings, r, store, claim_idle=0.5)
             await survivor.run(asyncio.Event())

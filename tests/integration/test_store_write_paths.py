@@ -1,0 +1,85 @@
+"""The batch write as one JSON-array statement (SQLite 3.38+) stores exactly what the
+per-row executemany path stores, row for row, byte for byte."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.workload import workload
+from wks import events as ev
+from wks import store as store_module
+from wks.events import StreamEntry, encode
+from wks.store import Store
+
+pytestmark = pytest.mark.skipif(
+    not store_module.JSON_ROWS, reason=f"SQLite {sqlite3.sqlite_version} has no ->> operator")
+
+_AWKWARD = 'quote " backslash \\ tab \t newline \n nul-free unicode é ✓ 𝄞'
+
+
+def _batches() -> list[list[StreamEntry]]:
+    rnd = random.Random(11)
+    events = workload(3000, 300, rnd)
+    events += [
+        ev.WorkflowStarted(execution_id="odd", workflow_id="wf", total_steps=2**40,
+                           owner=_AWKWARD[:40], data={"k": _AWKWARD, "n": -(2**62), "f": 0.1,
+                                                      "z": None, "l": [1, "2", {"3": True}]},
+                           ts=1, event_id="odd-0"),
+        ev.WorkflowFailed(execution_id="odd", error=_AWKWARD, ts=2, event_id="odd-1"),
+    ]
+    rnd.shuffle(events)
+    entries = [StreamEntry(f"{1000 + i}-{i % 3}", e, encode(e)) for i, e in enumerate(events)]
+    # a resend of every 50th event (same eventId, new entry id): logged once, aliased
+    entries += [StreamEntry(f"9000-{i}", e.event, e.raw)
+                for i, e in enumerate(entries[::50]) if e.event.event_id is not None]
+    # several batches, so later ones update rows the earlier ones inserted
+    return [entries[i:i + 700] for i in range(0, len(entries), 700)]
+
+
+async def _tables(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    async with await Store.open(path) as store:
+        for batch in _batches():
+            await store.apply_batch(batch)
+        return {
+            "executions": [tuple(r) for r in await store.fetchall(
+                "SELECT * FROM executions ORDER BY execution_id")],
+            "event_log": [tuple(r) for r in await store.fetchall(
+                "SELECT * FROM event_log ORDER BY seq")],
+            "event_alias": [tuple(r) for r in await store.fetchall(
+                "SELECT * FROM event_alias ORDER BY entry_id")],
+        }
+
+
+async def test_json_rows_and_executemany_store_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    by_json = await _tables(tmp_path / "json.db")
+    monkeypatch.setattr(store_module, "JSON_ROWS", False)
+    by_rows = await _tables(tmp_path / "rows.db")
+    assert by_json == by_rows
+    assert len(by_json["executions"]) == 301
+    assert by_json["event_alias"], "the resends made aliases"
+    odd = next(r for r in by_json["executions"] if r[0] == "odd")
+    assert odd[5] == 2**40  # total_steps
+    assert odd[10] == _AWKWARD  # error
+    assert isinstance(odd[12], bytes)  # the fold is a BLOB either way
+    types = await _column_types(tmp_path / "json.db")
+    assert types == await _column_types(tmp_path / "rows.db")
+
+
+async def _column_types(path: Path) -> list[tuple[object, ...]]:
+    """The storage class of every value (TEXT stays TEXT, INTEGER stays INTEGER)."""
+    async with await Store.open(path) as store:
+        rows = await store.fetchall(
+            "SELECT typeof(workflow_id), typeof(progress), typeof(current_step),"
+            " typeof(total_steps), typeof(data), typeof(error), typeof(owner), typeof(fold)"
+            " FROM executions ORDER BY execution_id")
+        rows += await store.fetchall(
+            "SELECT typeof(entry_id), typeof(entry_ms), typeof(event_id), typeof(ts),"
+            " typeof(payload), '', '', '' FROM event_log ORDER BY seq")
+        return [tuple(r) for r in rows]
