@@ -204,9 +204,22 @@ async def _rollback_queued(conn: aiosqlite.Connection) -> None:
         await asyncio.shield(_run(conn, _rollback_open))
 
 
-def _upsert_json(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """_UPSERT_JSON: each row's fold (its last column) as an offset and a length into one
-    BLOB of all the folds."""
+def _as_json(rows: list[tuple[Any, ...]]) -> str | None:
+    """`rows` as one JSON array for json_each; None without JSON_ROWS or when a string holds
+    a NUL character (SQLite's JSON functions cut a string at \\u0000): such rows go row by
+    row. The check may also hit a payload's escaped backslash: slower, never wrong."""
+    if not JSON_ROWS:
+        return None
+    text = _json.encode(rows)
+    return None if b"\\u0000" in text else text.decode()
+
+
+def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """_UPSERT_JSON when it can: each row's fold (its last column) as an offset and a length
+    into one BLOB of all the folds."""
+    if not JSON_ROWS:
+        db.executemany(_UPSERT, rows)
+        return
     meta: list[tuple[Any, ...]] = []
     folds: list[bytes] = []
     at = 1  # substr counts from 1
@@ -215,21 +228,24 @@ def _upsert_json(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         meta.append((*row[:-1], at, len(fold)))
         folds.append(fold)
         at += len(fold)
-    db.execute(_UPSERT_JSON, (_json.encode(meta).decode(), b"".join(folds)))
+    param = _as_json(meta)
+    if param is None:
+        db.executemany(_UPSERT, rows)
+    else:
+        db.execute(_UPSERT_JSON, (param, b"".join(folds)))
 
 
 def _write(
     db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: list[tuple[Any, ...]],
     aliases: list[tuple[Any, ...]],
 ) -> None:
-    if JSON_ROWS:
-        _upsert_json(db, rows)
-        before = db.total_changes
-        db.execute(_LOG_JSON, (_json.encode(logs).decode(),))
-    else:
-        db.executemany(_UPSERT, rows)
-        before = db.total_changes
+    _upsert(db, rows)
+    before = db.total_changes
+    param = _as_json(logs)
+    if param is None:
         db.executemany(_LOG, logs)
+    else:
+        db.execute(_LOG_JSON, (param,))
     # every entry got its own event_log row: none can be a resend of a logged event, so the
     # alias check (a subquery per entry) is skipped in the common case
     if aliases and db.total_changes - before < len(logs):

@@ -18,7 +18,8 @@ from wks.store import Store
 pytestmark = pytest.mark.skipif(
     not store_module.JSON_ROWS, reason=f"SQLite {sqlite3.sqlite_version} has no ->> operator")
 
-_AWKWARD = 'quote " backslash \\ tab \t newline \n nul-free unicode é ✓ 𝄞'
+_AWKWARD = 'quote " backslash \\ tab \t newline \n unicode é ✓ 𝄞, a backslash-u0000 text \\u0000'
+_NUL = "before\x00after"  # SQLite's JSON functions would cut it: that batch goes row by row
 
 
 def _batches() -> list[list[StreamEntry]]:
@@ -30,6 +31,7 @@ def _batches() -> list[list[StreamEntry]]:
                                                       "z": None, "l": [1, "2", {"3": True}]},
                            ts=1, event_id="odd-0"),
         ev.WorkflowFailed(execution_id="odd", error=_AWKWARD, ts=2, event_id="odd-1"),
+        ev.WorkflowProgress(execution_id="nul", completed_steps=1, current_step=_NUL, ts=3),
     ]
     rnd.shuffle(events)
     entries = [StreamEntry(f"{1000 + i}-{i % 3}", e, encode(e)) for i, e in enumerate(events)]
@@ -62,12 +64,14 @@ async def test_json_rows_and_executemany_store_the_same(
     monkeypatch.setattr(store_module, "JSON_ROWS", False)
     by_rows = await _tables(tmp_path / "rows.db")
     assert by_json == by_rows
-    assert len(by_json["executions"]) == 301
+    assert len(by_json["executions"]) == 302
     assert by_json["event_alias"], "the resends made aliases"
     odd = next(r for r in by_json["executions"] if r[0] == "odd")
     assert odd[5] == 2**40  # total_steps
     assert odd[10] == _AWKWARD  # error
     assert isinstance(odd[12], bytes)  # the fold is a BLOB either way
+    nul = next(r for r in by_json["executions"] if r[0] == "nul")
+    assert nul[4] == _NUL  # current_step, whole
     types = await _column_types(tmp_path / "json.db")
     assert types == await _column_types(tmp_path / "rows.db")
 
