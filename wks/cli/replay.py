@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--json", action="store_true", help="print the verify report as JSON")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    p.add_argument("--page", type=int, default=2000, help="entries per XRANGE page")
+    p.add_argument("--page", type=int, default=2000, help="entries per XRANGE page (default 2000)")
     p.set_defaults(func=run)
 
 
