@@ -238,32 +238,44 @@ def test_state_encoding_is_stable() -> None:
         assert msgspec.msgpack.decode(encode_fold(fold))  # plain msgpack for other tools
 
 
+async def _fold_with_poison(
+    settings: Settings, r: aioredis.Redis, n: int, bad: set[str]
+) -> tuple[list[str], list[int], int]:
+    """Publish `n` starts of executions p-0, p-1, ... and fold them with an apply that raises
+    for the `bad` ones: the entry ids, the size of every apply call, the rows stored."""
+    events = [ev.WorkflowStarted(execution_id=f"p-{i}", workflow_id="w", total_steps=1, ts=i)
+              for i in range(n)]
+    ids = await Producer(r, settings.keys).publish_many(events)
+    assert ids is not None
+    calls: list[int] = []
+    async with await Store.open(settings.db_path) as store:
+        reader = state_reader(settings, r, store)
+        real_apply = reader.handler.apply
+
+        async def apply(items: list[ev.StreamEntry]) -> None:
+            calls.append(len(items))
+            failing = sorted({i.event.execution_id for i in items} & bad)
+            if failing:
+                raise ValueError(f"cannot fold {failing[0]}")
+            await real_apply(items)
+
+        reader.handler.apply = apply  # type: ignore[method-assign]
+        await reader.run(asyncio.Event())
+        rows = await store.scalar("SELECT COUNT(*) FROM executions")
+    return ids, calls, rows
+
+
 class TestApplyFailures:
     async def test_poison_entry_is_isolated_and_the_rest_folds(
         self, settings: Settings, r: aioredis.Redis
     ) -> None:
         """An entry whose apply raises (a bug) is dead-lettered alone; its batch still folds."""
         keys = settings.keys
-        events = [ev.WorkflowStarted(execution_id=f"e-{i}", workflow_id="w", total_steps=1, ts=i)
-                  for i in range(10)]
-        ids = await Producer(r, keys).publish_many(events)
-        assert ids is not None
-        async with await Store.open(settings.db_path) as store:
-            reader = state_reader(settings, r, store)
-            real_apply = reader.handler.apply
-
-            async def apply(items: list[ev.StreamEntry]) -> None:
-                if any(i.event.execution_id == "e-3" for i in items):
-                    raise ValueError("cannot fold e-3")
-                await real_apply(items)
-
-            reader.handler.apply = apply  # type: ignore[method-assign]
-            await reader.run(asyncio.Event())
-            assert await store.scalar("SELECT COUNT(*) FROM executions") == 9
-            assert await store.get_state("e-3") is None
+        ids, _calls, rows = await _fold_with_poison(settings, r, 10, {"p-3"})
+        assert rows == 9
         dead = await r.xrange(keys.dead_stream)
         assert [f[b"entryId"].decode() for _, f in dead] == [ids[3]]
-        assert dead[0][1][b"reason"] == b"apply failed: ValueError: cannot fold e-3"
+        assert dead[0][1][b"reason"] == b"apply failed: ValueError: cannot fold p-3"
         assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
 
     async def test_poison_entries_are_found_by_halving(
@@ -271,25 +283,8 @@ class TestApplyFailures:
     ) -> None:
         """Two bad entries in a batch of 1,000 cost a few dozen applies, not 1,000."""
         keys = settings.keys
-        events = [ev.WorkflowStarted(execution_id=f"h-{i}", workflow_id="w", total_steps=1, ts=i)
-                  for i in range(1000)]
-        ids = await Producer(r, keys).publish_many(events)
-        assert ids is not None
-        bad = {"h-3", "h-517"}
-        calls = []
-        async with await Store.open(settings.db_path) as store:
-            reader = state_reader(settings, r, store)
-            real_apply = reader.handler.apply
-
-            async def apply(items: list[ev.StreamEntry]) -> None:
-                calls.append(len(items))
-                if any(i.event.execution_id in bad for i in items):
-                    raise ValueError("cannot fold")
-                await real_apply(items)
-
-            reader.handler.apply = apply  # type: ignore[method-assign]
-            await reader.run(asyncio.Event())
-            assert await store.scalar("SELECT COUNT(*) FROM executions") == 998
+        ids, calls, rows = await _fold_with_poison(settings, r, 1000, {"p-3", "p-517"})
+        assert rows == 998
         assert calls[0] == 1000  # one read, one batch
         assert len(calls) <= 1 + 2 * 2 * 10  # two failing entries, log2(1000) < 10 levels each
         dead = await r.xrange(keys.dead_stream)
