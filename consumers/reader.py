@@ -33,7 +33,7 @@ from consumers.acks import Acknowledger, RawEntry, reason_kind
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import StreamEntry, type_tag
+from wks.events import StreamEntry, event_type, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, is_loading, text
 from wks.stream_stats import group_stats
@@ -259,8 +259,9 @@ class GroupReader:
         live = [r.entry_id for r in out if r.fields is not None]
         if live:
             counts = await self.redis.xpending_range(
-                self.stream, self.group, min=min(live, key=_order), max=max(live, key=_order),
-                count=len(out) + 10, consumername=self.consumer,
+                self.stream, self.group, min=min(live, key=split_entry_id),
+                max=max(live, key=split_entry_id), count=len(out) + 10,
+                consumername=self.consumer,
             )
             by_id = {text(p["message_id"]): int(p["times_delivered"]) for p in counts}
             for r in out:
@@ -385,8 +386,9 @@ class GroupReader:
         ids = [r.entry_id for r in batch]
         try:
             rows = await self.redis.xpending_range(
-                self.stream, self.group, min=min(ids, key=_order), max=max(ids, key=_order),
-                count=2 * len(ids) + 100, consumername=self.consumer)
+                self.stream, self.group, min=min(ids, key=split_entry_id),
+                max=max(ids, key=split_entry_id), count=2 * len(ids) + 100,
+                consumername=self.consumer)
         except (*REDIS_DOWN, ResponseError):
             return batch  # cannot tell: try; _process reports what fails
         ours = {text(p["message_id"]) for p in rows}
@@ -404,10 +406,9 @@ class GroupReader:
         metrics.BATCH_SIZE.labels(self.group).observe(len(good) + len(dead))
         now_ms = time.time() * 1000
         metrics.observe_many(metrics.EVENT_AGE.labels(self.group), [
-            max(0.0, (now_ms - int(item.entry_id.partition("-")[0])) / 1000) for item in good])
-        by_type = Counter(type(item.event) for item in good)  # the tag lookup once per type
-        for cls, n in by_type.items():
-            metrics.EVENTS.labels(self.name, type_tag(cls), "applied").inc(n)
+            max(0.0, (now_ms - split_entry_id(item.entry_id)[0]) / 1000) for item in good])
+        for kind, n in Counter(event_type(item.event) for item in good).items():
+            metrics.EVENTS.labels(self.name, kind, "applied").inc(n)
         for _raw, reason in dead:
             kind = reason_kind(reason)
             metrics.EVENTS.labels(self.name, "unknown", "dead").inc()
@@ -429,8 +430,3 @@ class GroupReader:
             metrics.GROUP_OLDEST_PENDING.labels(self.group).set(
                 stats["oldestPendingIdleMs"] / 1000
             )
-
-
-def _order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

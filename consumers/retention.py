@@ -35,11 +35,11 @@ from wks import metrics
 from wks.aio import wait_stop
 from wks.config import Settings
 from wks.errors import WksError
-from wks.events import now_ms
+from wks.events import now_ms, split_entry_id
 from wks.keys import Keys
 from wks.locks import Lock
 from wks.redis import REDIS_DOWN, text
-from wks.store import Store, split_entry_id
+from wks.store import Store
 from wks.stream_stats import LAST_RUN_FIELD, stream_groups, stream_stats
 
 LOCK_NAME = "trim"
@@ -56,7 +56,6 @@ class Runtime(Protocol):
 
     settings: Settings
     redis: aioredis.Redis
-
 
 
 def pass_interval(settings: Settings) -> float:

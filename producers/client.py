@@ -65,7 +65,6 @@ def _url_of(r: aioredis.Redis) -> str:
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
-
 class Producer:
     """Publishes events; one instance per process is enough (it is safe across tasks)."""
 

@@ -22,10 +22,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from wks.errors import BadEventError
-from wks.events import decode_workflow
+from wks.events import decode_workflow, split_entry_id
 from wks.replay import decode_page, iter_pages
 from wks.state import Fold, merge, state_dict, to_state
-from wks.store import Store, split_entry_id
+from wks.store import Store
 
 EntryId = tuple[int, int]
 MAX_ID: EntryId = (2**64 - 1, 2**64 - 1)

@@ -30,6 +30,12 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def split_entry_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence): its order, and its time."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class _Event(msgspec.Struct, tag_field="type", rename="camel", frozen=True, kw_only=True,
              omit_defaults=True):
     ts: Ts
@@ -138,12 +144,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def event_type(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[no-any-return]
-
-
-def type_tag(cls: type[Event]) -> str:
-    """The wire `type` of an event class: "workflow.started", ..."""
-    return cls.__struct_config__.tag  # type: ignore[attr-defined,no-any-return]
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
 def _check_size(raw: bytes) -> None:

@@ -23,7 +23,7 @@ import msgspec
 
 from wks.errors import StoreError
 from wks.events import StreamEntry as Entry
-from wks.events import event_type, now_ms
+from wks.events import event_type, now_ms, split_entry_id
 from wks.migrations import MIGRATIONS
 from wks.state import Fold, State, apply, combine, decode_fold, encode_fold, to_state
 
@@ -37,12 +37,6 @@ _INLINE_MAX = 64  # batches up to this many entries are written from the loop's 
 # event-loop pauses of ~30 ms while a full batch is parsed, during a backlog only.
 FOLD_BATCH = 10_000
 _json = msgspec.json.Encoder()
-
-
-def split_entry_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
 
 
 _UPSERT_ROWS = """

@@ -20,14 +20,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from wks import metrics
+from wks.events import split_entry_id
 from wks.keys import Keys
 from wks.redis import text
 
 LAST_RUN_FIELD = "lastRunAt"
-
-
-def entry_ms(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
 
 
 async def stream_stats(
@@ -48,7 +45,7 @@ async def stream_stats(
         length = int(replies[2 * i])
         first = replies[2 * i + 1]
         oldest = text(first[0][0]) if first else None
-        age = max(0.0, (now - entry_ms(oldest)) / 1000) if oldest else None
+        age = max(0.0, (now - split_entry_id(oldest)[0]) / 1000) if oldest else None
         out[name] = {"stream": key, "length": length, "oldestEntryId": oldest,
                      "oldestAgeSeconds": age, "trimmed": totals.get(name, 0)}
         metrics.STREAM_LENGTH.labels(name).set(length)

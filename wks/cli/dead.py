@@ -23,10 +23,9 @@ from redis.exceptions import ResponseError
 from wks.cli.runtime import open_runtime
 from wks.config import Settings
 from wks.errors import NotFound, WksError
-from wks.events import decode_backup, decode_workflow
+from wks.events import decode_backup, decode_workflow, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
 from wks.replay import iter_pages, parse_bound
-from wks.store import split_entry_id
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
