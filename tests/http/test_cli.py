@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import reaped, wait_for
 from wks.redis import free_port
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ async def test_token_create_and_api_serve_until_sigterm(settings):
         sys.executable, "-m", "wks.cli", "api", env=env, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    try:
+    async with reaped(proc):
         async with aiohttp.ClientSession() as http:
             async def up() -> bool:
                 try:
@@ -78,10 +78,6 @@ async def test_token_create_and_api_serve_until_sigterm(settings):
                 assert resp.status == 401
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_up_without_secret_prints_a_working_admin_token(settings):
@@ -91,7 +87,7 @@ async def test_up_without_secret_prints_a_working_admin_token(settings):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "wks.cli", "up", env=env, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         lines: list[str] = []
         while not lines or "Ctrl-C" not in lines[-1]:
@@ -113,7 +109,3 @@ async def test_up_without_secret_prints_a_working_admin_token(settings):
             assert await wait_for(me, 30, "wks up to serve the API") == 200
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from producers.client import Producer
 from tests.consumers import state_reader, stored_states
-from tests.helpers import wait_for
+from tests.helpers import reaped, wait_for
 from tests.workload import as_dicts, distinct_events, reference, workload
 from wks.config import Settings
 from wks.keys import GROUP_STATE
@@ -60,7 +60,7 @@ async def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
         sys.executable, "-m", "wks.cli.__main__", "worker", "--group", "state",
         env=worker_env(settings), stderr=asyncio.subprocess.DEVNULL,
     )
-    try:
+    async with reaped(proc):
         async with await Store.open(settings.db_path) as store:
             async def mid_batch() -> bool:
                 applied = await store.scalar("SELECT COUNT(*) FROM event_log")
@@ -83,10 +83,6 @@ async def test_killed_consumer_loses_nothing_and_counts_nothing_twice(
             logged = await store.scalar("SELECT COUNT(*) FROM event_log")
             assert logged == len(distinct_events(published))
         assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def test_wks_up_on_a_fresh_machine_takes_an_emit_from_another_shell(tmp_path: Path) -> None:
