@@ -168,6 +168,9 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise BadEventError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadEventError(f"not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # a string that is not UTF-8: JSON text must be
+        raise BadEventError(f"not JSON: a string is not UTF-8 ({exc.reason} at byte "
+                            f"{exc.start} of the string)") from None
     _check_data(event, len(raw))
     return event
 

@@ -24,9 +24,12 @@ def bad_entry(rng: random.Random, n: int, oversized: bool) -> dict[bytes, bytes]
     if oversized:
         return {EVENT_FIELD: b'{"type":"workflow.started","executionId":"big","data":{"x":"'
                 + b"x" * MAX_ENTRY_BYTES + b'"}}'}
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     if kind == 0:
         return {EVENT_FIELD: b"{not json %d" % n}
+    if kind == 7:  # valid JSON syntax, but a string that is not UTF-8
+        return {EVENT_FIELD: b'{"type":"workflow.completed","executionId":"bad-%d-\xff",'
+                             b'"ts":1}' % n}
     if kind == 1:
         return {b"other": b"no event field"}
     event = [

@@ -67,6 +67,9 @@ class TestBadEvents:
         ("body", "reason"),
         [
             (b"not json", "not JSON"),
+            (b'{"type":"workflow.completed","executionId":"\xff","ts":1}', "not UTF-8"),
+            (b'{"type":"workflow.completed","executionId":"e","ts":1,"data":{"k":"\xed\xa0"}}',
+             "not UTF-8"),
             (raw(type="workflow.exploded", executionId="e", ts=1), "invalid event"),
             (raw(**{k: v for k, v in started().items() if k != "workflowId"}), "workflowId"),
             (raw(**started(totalSteps=1_000_001)), "totalSteps"),
