@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,11 @@ def _json_columns(n: int) -> str:
 _UPSERT_JSON = _UPSERT_ROWS.format(
     rows=f"SELECT {_json_columns(12)}, substr(?2, value->>12, value->>13)"
     " FROM json_each(?1) WHERE true")  # WHERE: tells ON CONFLICT from a join's ON
-_LOG_JSON = _LOG_ROWS.format(rows=f"SELECT {_json_columns(10)} FROM json_each(?)")
+# the payloads, like the folds, travel as one BLOB: inside the JSON they were the longest
+# strings, every quote escaped, and each ->> re-reads its whole row (~1 us a row per payload)
+_LOG_JSON = _LOG_ROWS.format(
+    rows=f"SELECT {_json_columns(8)}, CAST(substr(?2, value->>8, value->>9) AS TEXT), ?3"
+    " FROM json_each(?1)")
 
 # only for entries with a producer eventId: those are the ones a resend can duplicate
 _ALIAS = """
@@ -95,13 +101,36 @@ def state_row(state: State, fold: Fold) -> tuple[Any, ...]:
     )
 
 
-def _log_row(entry: Entry, applied_at: int) -> tuple[Any, ...]:
+def _payload(raw: bytes) -> bytes:
+    if raw.isascii():
+        return raw
+    return raw.decode("utf-8", "replace").encode()  # ignored keys may hold bytes that are not
+
+
+def _log_row(entry: Entry, at: int, size: int) -> tuple[Any, ...]:
+    """An event_log row without payload and applied_at: the payload is `size` bytes from `at`
+    (counted from 1) in the batch's payloads."""
     ms, seq = split_entry_id(entry.entry_id)
     ev = entry.event
     return (
         entry.entry_id, ms, seq, ev.event_id, entry.key, ev.execution_id, event_type(ev), ev.ts,
-        entry.raw.decode("utf-8", "replace"), applied_at,
+        at, size,
     )
+
+
+@dataclass(slots=True)
+class LogRows:
+    """A batch's event_log rows, their payloads as one UTF-8 BLOB, its resend candidates."""
+
+    rows: list[tuple[Any, ...]]
+    payloads: bytes
+    aliases: list[tuple[Any, ...]]
+
+    def with_payloads(self, applied_at: int) -> list[tuple[Any, ...]]:
+        """Whole rows, for executemany."""
+        blob = self.payloads
+        return [(*row[:8], blob[row[8] - 1:row[8] - 1 + row[9]].decode(), applied_at)
+                for row in self.rows]
 
 
 def _statements(script: str) -> list[str]:
@@ -110,16 +139,17 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-def _log_rows(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The batch's event_log rows and its resend-alias candidates."""
-    applied_at = now_ms()
-    logs = [_log_row(e, applied_at) for e in entries]
+def _log_rows(entries: Sequence[Entry]) -> LogRows:
+    payloads = [_payload(e.raw) for e in entries]
+    sizes = [len(p) for p in payloads]
+    starts = itertools.accumulate(sizes, initial=1)
+    rows = [_log_row(e, at, n) for e, at, n in zip(entries, starts, sizes, strict=False)]
     aliases = [
         (e.entry_id, e.event.execution_id, e.key, e.event.execution_id, e.key, e.entry_id)
         for e in entries
         if e.event.event_id is not None
     ]
-    return logs, aliases
+    return LogRows(rows, b"".join(payloads), aliases)
 
 
 def _merged(
@@ -208,42 +238,48 @@ def _as_json(rows: list[tuple[Any, ...]]) -> str | None:
     return None if b"\\u0000" in text else text.decode()
 
 
-def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """_UPSERT_JSON when it can: each row's fold (its last column) as an offset and a length
-    into one BLOB of all the folds."""
+def _cut(rows: list[tuple[Any, ...]]) -> tuple[str, bytes] | None:
+    """The rows for a one-step statement: their last column (bytes) replaced by an offset and
+    a length into one BLOB of them all, the rest as one JSON array. None: go row by row."""
     if not JSON_ROWS:
-        db.executemany(_UPSERT, rows)
-        return
+        return None
     meta: list[tuple[Any, ...]] = []
-    folds: list[bytes] = []
+    blobs: list[bytes] = []
     at = 1  # substr counts from 1
     for row in rows:
-        fold = row[-1]
-        meta.append((*row[:-1], at, len(fold)))
-        folds.append(fold)
-        at += len(fold)
+        blob = row[-1]
+        meta.append((*row[:-1], at, len(blob)))
+        blobs.append(blob)
+        at += len(blob)
     param = _as_json(meta)
-    if param is None:
+    return None if param is None else (param, b"".join(blobs))
+
+
+def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    cut = _cut(rows)
+    if cut is None:
         db.executemany(_UPSERT, rows)
     else:
-        db.execute(_UPSERT_JSON, (param, b"".join(folds)))
+        db.execute(_UPSERT_JSON, cut)
 
 
-def _write(
-    db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: list[tuple[Any, ...]],
-    aliases: list[tuple[Any, ...]],
-) -> None:
-    _upsert(db, rows)
+def _log(db: sqlite3.Connection, logs: LogRows) -> None:
+    applied_at = now_ms()
     before = db.total_changes
-    param = _as_json(logs)
+    param = _as_json(logs.rows)
     if param is None:
-        db.executemany(_LOG, logs)
+        db.executemany(_LOG, logs.with_payloads(applied_at))
     else:
-        db.execute(_LOG_JSON, (param,))
+        db.execute(_LOG_JSON, (param, logs.payloads, applied_at))
     # every entry got its own event_log row: none can be a resend of a logged event, so the
     # alias check (a subquery per entry) is skipped in the common case
-    if aliases and db.total_changes - before < len(logs):
-        db.executemany(_ALIAS, aliases)
+    if logs.aliases and db.total_changes - before < len(logs.rows):
+        db.executemany(_ALIAS, logs.aliases)
+
+
+def _write(db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: LogRows) -> None:
+    _log(db, logs)
+    _upsert(db, rows)
 
 
 class Store:
@@ -364,10 +400,11 @@ class Store:
     ) -> list[State]:
         """Fold `entries` into the store in one transaction; return the touched states.
 
-        The SQLite work runs in three hops to the connection's thread (begin and load, write,
-        commit) rather than one per statement, and the writes run while the event loop builds
-        the log rows and runs `before_commit` (the Redis mirror), so both cores work. The
-        writes are known to have succeeded before COMMIT is queued.
+        The SQLite work runs in four hops to the connection's thread rather than one per
+        statement: begin and load, the event_log insert (the longest, queued as soon as the
+        load is back: it needs no merged state), the executions upsert, commit. Meanwhile the
+        event loop builds the log rows, merges, and runs `before_commit` (the Redis mirror),
+        so both cores work. The writes are known to have succeeded before COMMIT is queued.
         """
         if not entries:
             return []
@@ -384,24 +421,28 @@ class Store:
                 return states
         conn = self._conn
         loading: asyncio.Future[list[tuple[str, bytes]]] | None = None
+        logging: asyncio.Future[None] | None = None
         write: asyncio.Future[None] | None = None
         try:
             try:
                 loading = asyncio.ensure_future(_run(conn, _begin_and_load, list(batch)))
                 try:
-                    logs, aliases = _log_rows(entries)
+                    logs = _log_rows(entries)
                 finally:
                     await asyncio.wait([loading])
-                states, rows = _merged(batch, loading.result())
-                write = asyncio.ensure_future(_run(conn, _write, rows, logs, aliases))
+                found = loading.result()  # raises if BEGIN failed: no write runs outside it
+                logging = asyncio.ensure_future(_run(conn, _log, logs))
+                states, rows = _merged(batch, found)
+                write = asyncio.ensure_future(_run(conn, _upsert, rows))
                 if before_commit is not None:
                     await before_commit(states)
+                await logging
                 await write
                 await conn.execute("COMMIT")
             except BaseException:
                 # let this batch's own calls finish first (a cancelled wait does not stop a
                 # BEGIN or a write already handed to the connection's thread)
-                for step in (loading, write):
+                for step in (loading, logging, write):
                     if step is not None and not step.done():
                         await asyncio.wait([step])
                     if step is not None and not step.cancelled():
@@ -432,9 +473,9 @@ class Store:
                 return None
             try:
                 found = _load(db, list(batch))
-                logs, aliases = _log_rows(entries)
+                logs = _log_rows(entries)
                 states, rows = _merged(batch, found)
-                _write(db, rows, logs, aliases)
+                _write(db, rows, logs)
                 if before_commit is not None:
                     await before_commit(states)
                 await conn.execute("COMMIT")

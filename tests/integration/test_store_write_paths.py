@@ -19,6 +19,8 @@ pytestmark = pytest.mark.skipif(
     not store_module.JSON_ROWS, reason=f"SQLite {sqlite3.sqlite_version} has no ->> operator")
 
 _AWKWARD = 'quote " backslash \\ tab \t newline \n unicode é ✓ 𝄞, a backslash-u0000 text \\u0000'
+# an ignored key may hold bytes that are not UTF-8: the payload is stored with U+FFFD there
+_RAW = b'{"type":"workflow.completed","executionId":"raw","ts":5,"note":"caf\xc3\xa9 \xff"}'
 _NUL = "before\x00after"  # SQLite's JSON functions would cut it: that batch goes row by row
 
 
@@ -35,6 +37,7 @@ def _batches() -> list[list[StreamEntry]]:
     ]
     rnd.shuffle(events)
     entries = [StreamEntry(f"{1000 + i}-{i % 3}", e, encode(e)) for i, e in enumerate(events)]
+    entries.append(StreamEntry("9500-0", ev.decode_workflow(_RAW), _RAW))
     # a resend of every 50th event (same eventId, new entry id): logged once, aliased
     entries += [StreamEntry(f"9000-{i}", e.event, e.raw)
                 for i, e in enumerate(entries[::50]) if e.event.event_id is not None]
@@ -64,7 +67,7 @@ async def test_json_rows_and_executemany_store_the_same(
     monkeypatch.setattr(store_module, "JSON_ROWS", False)
     by_rows = await _tables(tmp_path / "rows.db")
     assert by_json == by_rows
-    assert len(by_json["executions"]) == 302
+    assert len(by_json["executions"]) == 303
     assert by_json["event_alias"], "the resends made aliases"
     odd = next(r for r in by_json["executions"] if r[0] == "odd")
     assert odd[5] == 2**40  # total_steps
@@ -72,6 +75,8 @@ async def test_json_rows_and_executemany_store_the_same(
     assert isinstance(odd[12], bytes)  # the fold is a BLOB either way
     nul = next(r for r in by_json["executions"] if r[0] == "nul")
     assert nul[4] == _NUL  # current_step, whole
+    raw = next(r for r in by_json["event_log"] if r[1] == "9500-0")
+    assert raw[9] == _RAW.decode("utf-8", "replace")  # payload
     types = await _column_types(tmp_path / "json.db")
     assert types == await _column_types(tmp_path / "rows.db")
 
