@@ -69,6 +69,21 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     *REDIS_DOWN, StoreError, TransientError, ResponseError)
 
 
+_DECODE_SLICE = 1000  # entries decoded between two turns of the event loop
+
+
+@dataclass
+class Decoded:
+    """A batch sorted: entries to apply, and entries to dead-letter with their reason."""
+
+    good: list[StreamEntry] = field(default_factory=list)
+    dead: list[tuple[RawEntry, str]] = field(default_factory=list)
+
+    def add(self, other: Decoded) -> None:
+        self.good += other.good
+        self.dead += other.dead
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -134,6 +149,8 @@ class GroupReader:
             await self._until_ok(self.ensure_group, stop)
             while not stop.is_set():
                 batch = await self._fetch_guarded(stop)
+                # decoded now, while the previous batch is still in SQLite's hands
+                decoded = await self._decode(batch)
                 if inflight is not None:
                     waited = not inflight.done()  # the read came back while it still ran
                     ok = await inflight
@@ -143,10 +160,12 @@ class GroupReader:
                     if waited and batch and len(batch) < self.batch_size:
                         # entries that arrived while the previous batch committed join this
                         # one instead of waiting a whole commit more (latency at low rates)
-                        batch.extend(await self._top_up(self.batch_size - len(batch)))
+                        more = await self._top_up(self.batch_size - len(batch))
+                        batch.extend(more)
+                        decoded.add(await self._decode(more))
                 if batch:
                     inflight_batch = batch
-                    inflight = asyncio.create_task(self._process(batch))
+                    inflight = asyncio.create_task(self._process(batch, decoded))
                 elif self.burst and await self._drained_guarded():
                     break
                 await self._maybe_stats()
@@ -273,11 +292,16 @@ class GroupReader:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    async def _process(self, batch: list[RawEntry]) -> bool:
-        """Decode, apply, dead-letter, acknowledge. False when it must be retried."""
-        good: list[StreamEntry] = []
-        dead: list[tuple[RawEntry, str]] = []
-        for raw in batch:
+    async def _decode(self, batch: list[RawEntry]) -> Decoded:
+        """Sort a batch into decoded entries and dead letters.
+
+        Runs on the event loop's thread, so it yields every `_DECODE_SLICE` entries: the
+        batch in SQLite's hands gets its turn (merge, mirror) without waiting for all of it."""
+        out = Decoded()
+        good, dead, decode = out.good, out.dead, self.handler.decode
+        for n, raw in enumerate(batch, 1):
+            if n % _DECODE_SLICE == 0:
+                await asyncio.sleep(0)
             if raw.fields is None:
                 continue  # deleted while pending: nothing to apply, only acknowledge
             payload = raw.fields.get(EVENT_FIELD)
@@ -289,9 +313,17 @@ class GroupReader:
                                   f"(maxDeliveries {self.max_deliveries})"))
                 continue
             try:
-                good.append(StreamEntry(raw.entry_id, self.handler.decode(payload), payload))
+                good.append(StreamEntry(raw.entry_id, decode(payload), payload))
             except BadEventError as exc:
                 dead.append((raw, exc.reason))
+        return out
+
+    async def _process(self, batch: list[RawEntry], decoded: Decoded | None = None) -> bool:
+        """Apply, dead-letter, acknowledge (decoding first unless done already).
+        False when it must be retried."""
+        if decoded is None:
+            decoded = await self._decode(batch)
+        good, dead = decoded.good, list(decoded.dead)
         started = time.perf_counter()
         try:
             if good:
