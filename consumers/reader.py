@@ -35,7 +35,7 @@ from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import StreamEntry, event_type, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, is_loading, text
+from wks.redis import REDIS_DOWN, Backoff, is_loading, read_group, text
 from wks.stream_stats import group_stats
 
 
@@ -82,6 +82,18 @@ class Decoded:
     def add(self, other: Decoded) -> None:
         self.good += other.good
         self.dead += other.dead
+
+
+def _entries(read: list[Any]) -> list[RawEntry]:
+    out = []
+    for mid, fields in read:
+        if fields is None:
+            out.append(RawEntry(mid.decode(), None))
+        elif len(fields) == 2:  # the usual entry: one field, `event`
+            out.append(RawEntry(mid.decode(), {fields[0]: fields[1]}))
+        else:
+            out.append(RawEntry(mid.decode(), dict(zip(fields[::2], fields[1::2], strict=True))))
+    return out
 
 
 def consumer_name() -> str:
@@ -242,25 +254,17 @@ class GroupReader:
             if claimed:
                 return claimed
             self._last_claim = now
-        reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.batch_size,
-            block=self.block_ms,
-        )
-        if not reply:
-            return []
-        _, messages = reply[0]
-        return [RawEntry(text(mid), fields) for mid, fields in messages]
+        return _entries(await read_group(
+            self.redis, self.group, self.consumer, self.stream, count=self.batch_size,
+            block_ms=self.block_ms))
 
     async def _top_up(self, count: int) -> list[RawEntry]:
         """New entries already waiting, without blocking; nothing when Redis is unwell."""
         try:
-            reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=count)
+            return _entries(await read_group(
+                self.redis, self.group, self.consumer, self.stream, count=count))
         except (*REDIS_DOWN, ResponseError):
             return []  # the next regular read reports and handles it
-        if not reply:
-            return []
-        return [RawEntry(text(mid), fields) for mid, fields in reply[0][1]]
 
     async def _claim(self) -> list[RawEntry]:
         reply = await self.redis.xautoclaim(
