@@ -35,7 +35,7 @@ from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import StreamEntry, event_type, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, is_loading, read_group, text
+from wks.redis import REDIS_DOWN, Backoff, fields_dict, is_loading, read_group, text
 from wks.stream_stats import group_stats
 
 
@@ -85,15 +85,8 @@ class Decoded:
 
 
 def _entries(read: list[Any]) -> list[RawEntry]:
-    out = []
-    for mid, fields in read:
-        if fields is None:
-            out.append(RawEntry(mid.decode(), None))
-        elif len(fields) == 2:  # the usual entry: one field, `event`
-            out.append(RawEntry(mid.decode(), {fields[0]: fields[1]}))
-        else:
-            out.append(RawEntry(mid.decode(), dict(zip(fields[::2], fields[1::2], strict=True))))
-    return out
+    return [RawEntry(mid.decode(), None if fields is None else fields_dict(fields))
+            for mid, fields in read]
 
 
 def consumer_name() -> str:

@@ -1,7 +1,7 @@
 """Reading a stream back in pages and folding it into a store (replay, restore catch-up).
 
 Memory stays flat: two pages (default 10,000 entries each) are in memory at a time, the one
-being folded and the next one, read meanwhile.
+being folded and the next one, read and decoded meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from wks.errors import BadEventError
 from wks.events import StreamEntry, decode_workflow
 from wks.keys import EVENT_FIELD
-from wks.redis import text
+from wks.redis import fields_dict, read_range
 from wks.store import FOLD_BATCH, Store
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -53,10 +53,10 @@ async def iter_pages(
     """XRANGE `stream` from `start` to `end` (inclusive) a page at a time."""
     cursor = start
     while True:
-        rows = await redis.xrange(stream, min=cursor, max=end, count=page)
+        rows = await read_range(redis, stream, cursor, end, count=page)
         if not rows:
             return
-        out = [(text(mid), fields) for mid, fields in rows]
+        out = [(mid.decode(), fields_dict(fields)) for mid, fields in rows]
         yield out
         if len(rows) < page:
             return
@@ -100,11 +100,17 @@ async def fold_range(
     """Fold every valid workflow entry of `stream` in [start, end] into `store`."""
     stats = FoldStats()
     pages = iter_pages(redis, stream, start, end, page)
-    ahead = asyncio.ensure_future(anext(pages, None))  # the next page, read while one folds
+
+    async def next_page() -> tuple[Page, list[StreamEntry], list[tuple[str, str]]] | None:
+        rows = await anext(pages, None)
+        return None if rows is None else (rows, *decode_page(rows))
+
+    # the next page, read and decoded while one folds
+    ahead = asyncio.ensure_future(next_page())
     try:
-        while (rows := await ahead) is not None:
-            ahead = asyncio.ensure_future(anext(pages, None))
-            good, bad = decode_page(rows)
+        while (read := await ahead) is not None:
+            ahead = asyncio.ensure_future(next_page())
+            rows, good, bad = read
             await store.apply_batch(good)
             stats.entries += len(rows)
             stats.applied += len(good)

@@ -1,10 +1,10 @@
-"""Reading a consumer group's entries without redis-py's per-entry reply parsing."""
+"""Reading stream entries without redis-py's per-entry reply parsing."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from wks.redis import read_group
+from wks.redis import fields_dict, read_group, read_range
 
 
 async def _stream(r: aioredis.Redis, prefix: str) -> tuple[str, list[bytes]]:
@@ -35,3 +35,20 @@ async def test_a_reply_parsed_by_redis_py_gives_the_same_shape(
     got = [tuple(e) for e in await read_group(r, "g", "c", stream, count=10)]
     assert got == [(ids[i], [b"event", b'{"n":%d}' % i]) for i in range(3)] + [
         (ids[3], [b"event", b"x", b"other", b"y"])]
+
+
+async def test_ranges_come_back_as_sent_either_way(r: aioredis.Redis, prefix: str) -> None:
+    stream, ids = await _stream(r, prefix)
+    want = [(ids[i], [b"event", b'{"n":%d}' % i]) for i in range(3)] + [
+        (ids[3], [b"event", b"x", b"other", b"y"])]
+    assert [tuple(e) for e in await read_range(r, stream, "-", "+", count=10)] == want
+    assert [tuple(e) for e in await read_range(r, stream, f"({ids[0].decode()}", "+",
+                                              count=2)] == want[1:3]
+    r.set_response_callback(b"XRANGE", r.response_callbacks["XRANGE"])
+    assert [tuple(e) for e in await read_range(r, stream, "-", "+", count=10)] == want
+    assert await read_range(r, f"{prefix}:none", "-", "+", count=10) == []
+
+
+def test_fields_dict() -> None:
+    assert fields_dict([b"event", b"1"]) == {b"event": b"1"}
+    assert fields_dict([b"a", b"1", b"b", b"2"]) == {b"a": b"1", b"b": b"2"}
