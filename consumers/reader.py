@@ -33,7 +33,7 @@ from consumers.acks import Acknowledger, RawEntry, reason_kind
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import StreamEntry, event_type, split_entry_id
+from wks.events import StreamEntry, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, fields_dict, is_loading, read_group, text
 from wks.stream_stats import group_stats
@@ -434,10 +434,12 @@ class GroupReader:
         metrics.BATCH_SECONDS.labels(self.group).observe(elapsed)
         metrics.BATCH_SIZE.labels(self.group).observe(len(good) + len(dead))
         now_ms = time.time() * 1000
-        metrics.observe_many(metrics.EVENT_AGE.labels(self.group), [
-            max(0.0, (now_ms - split_entry_id(item.entry_id)[0]) / 1000) for item in good])
-        for kind, n in Counter(event_type(item.event) for item in good).items():
-            metrics.EVENTS.labels(self.name, kind, "applied").inc(n)
+        # one age per stream millisecond (its entries share it), one label per event class
+        by_ms = Counter([item.entry_id.partition("-")[0] for item in good])
+        metrics.observe_counted(metrics.EVENT_AGE.labels(self.group), [
+            (max(0.0, (now_ms - int(ms)) / 1000), n) for ms, n in by_ms.items()])
+        for cls, n in Counter([type(item.event) for item in good]).items():
+            metrics.EVENTS.labels(self.name, cls.__struct_config__.tag, "applied").inc(n)
         for _raw, reason in dead:
             kind = reason_kind(reason)
             metrics.EVENTS.labels(self.name, "unknown", "dead").inc()

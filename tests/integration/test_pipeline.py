@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 
 import msgspec
 import pytest
@@ -14,6 +15,7 @@ from tests.consumers import assert_mirror_matches, state_reader, stored_states
 from tests.helpers import wait_for
 from tests.workload import as_dicts, distinct_events, reference, workload
 from wks import events as ev
+from wks import metrics
 from wks.config import Settings
 from wks.keys import GROUP_STATE
 from wks.state import decode_fold, encode_fold, fold_events
@@ -344,3 +346,28 @@ async def test_failed_batch_claimed_by_another_consumer_is_not_retried(
         assert await healthy.scalar("SELECT COUNT(*) FROM event_log") == len(ids)
     assert (await r.xpending(keys.workflow_stream, GROUP_STATE))["pending"] == 0
     assert await r.xlen(keys.dead_stream) == 0
+
+
+async def test_fold_metrics_count_every_applied_event(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """wks_event_age_seconds and wks_events_total see each applied event once, by type."""
+    group = f"metrics-{random.randrange(10**9)}"  # a label of its own: no other test adds
+    events = workload(1500, 40, random.Random(15))
+    ids = await Producer(r, settings.keys).publish_many(events)
+    assert ids is not None
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    types = Counter(ev.event_type(e) for e in events)
+    before = {t: sample("wks_events_total", stream="workflow", type=t, outcome="applied")
+              for t in types}
+    async with await Store.open(settings.db_path) as store:
+        reader = state_reader(settings, r, store, group=group, batch_size=400)
+        await reader.run(asyncio.Event())
+    assert sample("wks_event_age_seconds_count", group=group) == len(events)
+    assert sample("wks_event_age_seconds_sum", group=group) > 0
+    for t, n in types.items():
+        got = sample("wks_events_total", stream="workflow", type=t, outcome="applied")
+        assert got - before[t] == n, t

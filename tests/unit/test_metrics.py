@@ -1,4 +1,4 @@
-"""observe_many: the same histogram as one observe per value, whatever the values."""
+"""observe_many and observe_counted: the same histogram as one observe per value."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from wks.metrics import observe_many
+from wks.metrics import observe_counted, observe_many
 
 _BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 
@@ -50,3 +50,26 @@ def test_observe_many_falls_back_to_observe_without_bucket_internals() -> None:
     seen: list[float] = []
     observe_many(SimpleNamespace(observe=seen.append), [3.0, 1.0])
     assert seen == [3.0, 1.0]
+
+
+def test_observe_counted_equals_observe_repeated() -> None:
+    rng = random.Random(4)
+    pairs = [(0.01, 3), (0.0, 1), (50.0, 2), (1.0, 0),
+             *((rng.uniform(0, 20), rng.randrange(1, 9)) for _ in range(100))]
+    one_reg, one = _histogram()
+    counted_reg, counted = _histogram()
+    for value, count in pairs:
+        for _ in range(count):
+            one.labels("x").observe(value)
+    observe_counted(counted.labels("x"), pairs)
+    got, want = _samples(counted_reg), _samples(one_reg)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    assert got[("h_count", "")] == sum(n for _, n in pairs)
+
+
+def test_observe_counted_falls_back_to_observe_without_bucket_internals() -> None:
+    seen: list[float] = []
+    observe_counted(SimpleNamespace(observe=seen.append), [(3.0, 2), (1.0, 1)])
+    assert seen == [3.0, 3.0, 1.0]
