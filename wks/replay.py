@@ -1,6 +1,6 @@
 """Reading a stream back in pages and folding it into a store (replay, restore catch-up).
 
-Memory stays flat: two pages (default 10,000 entries each) are in memory at a time, the one
+Memory stays flat: two pages (default 20,000 entries each) are in memory at a time, the one
 being folded and the next one, read and decoded meanwhile.
 """
 
