@@ -15,8 +15,15 @@ from wks.cli.runtime import Runtime, Service
 from wks.keys import GROUP_BACKUP, GROUP_STATE
 from wks.store import FOLD_BATCH, Store
 
+# `wks up` serves the API from the same event loop, and during a backlog a full FOLD_BATCH
+# holds that loop for tens of ms at a time while it is decoded, folded and merged; batches a
+# tenth the size keep API reads answered between them, at a lower fold rate
+SHARED_LOOP_BATCH = 2_000
 
-def state_service(rt: Runtime, *, burst: bool = False) -> Service:
+
+def state_service(
+    rt: Runtime, *, burst: bool = False, batch_size: int = FOLD_BATCH
+) -> Service:
     """The `state` group: fold the workflow stream into SQLite and the Redis mirror."""
     settings = rt.settings
     keys = settings.keys
@@ -31,7 +38,7 @@ def state_service(rt: Runtime, *, burst: bool = False) -> Service:
             reader = GroupReader(
                 rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
                 handler=handler, claim_idle=settings.claim_idle,
-                max_deliveries=settings.max_deliveries, batch_size=FOLD_BATCH, burst=burst,
+                max_deliveries=settings.max_deliveries, batch_size=batch_size, burst=burst,
             )
             rt.readers[GROUP_STATE] = reader
             await reader.run(stop)
