@@ -102,6 +102,7 @@ def client(url: str, *, timeout: float = 15.0) -> aioredis.Redis:
         socket_timeout=timeout,  # longer than any XREADGROUP BLOCK we issue
         health_check_interval=30,
         decode_responses=False,
+        socket_read_size=1 << 20,
     )
 
 
