@@ -176,6 +176,25 @@ def _run(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Awai
     return conn._execute(fn, conn._conn, *args)
 
 
+async def _queued(
+    conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any
+) -> asyncio.Future[Any]:
+    """`_run` as a task that has already handed `fn` to the connection's thread when this
+    returns: the thread starts on it while the event loop goes on with other work (a task
+    only starts at the loop's next turn, after whatever the caller does next)."""
+    task = asyncio.ensure_future(_run(conn, fn, *args))
+    await asyncio.sleep(0)  # one turn: the task queues `fn`, in call order
+    return task
+
+
+def _in_transaction(db: sqlite3.Connection) -> None:
+    """A batch's writes are queued one after the other; if SQLite rolled the transaction
+    back on an earlier one's error (disk full, I/O error), a later one must not run as a
+    statement of its own and commit alone."""
+    if not db.in_transaction:
+        raise sqlite3.OperationalError("the batch's transaction is no longer open")
+
+
 def _begin_and_load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
     db.execute("BEGIN IMMEDIATE")
     return _load(db, ids)
@@ -258,6 +277,7 @@ def _cut(rows: list[tuple[Any, ...]]) -> tuple[str, bytes] | None:
 
 
 def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    _in_transaction(db)
     cut = _cut(rows)
     if cut is None:
         db.executemany(_UPSERT, rows)
@@ -266,6 +286,7 @@ def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 def _log(db: sqlite3.Connection, logs: LogRows) -> None:
+    _in_transaction(db)
     applied_at = now_ms()
     before = db.total_changes
     param = _as_json(logs.rows)
@@ -427,15 +448,15 @@ class Store:
         write: asyncio.Future[None] | None = None
         try:
             try:
-                loading = asyncio.ensure_future(_run(conn, _begin_and_load, list(batch)))
+                loading = await _queued(conn, _begin_and_load, list(batch))
                 try:
                     logs = _log_rows(entries)
                 finally:
                     await asyncio.wait([loading])
                 found = loading.result()  # raises if BEGIN failed: no write runs outside it
-                logging = asyncio.ensure_future(_run(conn, _log, logs))
+                logging = await _queued(conn, _log, logs)
                 states, rows = _merged(batch, found)
-                write = asyncio.ensure_future(_run(conn, _upsert, rows))
+                write = await _queued(conn, _upsert, rows)
                 if before_commit is not None:
                     await before_commit(states)
                 await logging

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_for
+from wks import store as store_module
+from wks.errors import StoreError
 from wks.events import StreamEntry, WorkflowStarted, encode
 from wks.state import State
 from wks.store import Store
@@ -41,6 +43,33 @@ async def test_failing_before_commit_rolls_back(tmp_path: Path, size: int) -> No
             await store.apply_batch(_entries(size), before_commit=mirror_down)
         assert not store.conn.in_transaction
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
+        await store.apply_batch(_entries(size))
+        assert await store.scalar("SELECT COUNT(*) FROM event_log") == size
+
+
+@SIZES
+@pytest.mark.parametrize("rolled_back", [False, True], ids=["raised", "sqlite-rolled-back"])
+async def test_a_failing_write_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, rolled_back: bool
+) -> None:
+    """The event_log insert fails, also after SQLite has rolled the transaction back itself
+    (disk full, I/O error): the upsert queued behind it must not commit on its own."""
+    real_log = store_module._log
+
+    def failing_log(db: sqlite3.Connection, logs: object) -> None:
+        real_log(db, logs)  # type: ignore[arg-type]
+        if rolled_back:
+            db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with await Store.open(tmp_path / "s.db") as store:
+        monkeypatch.setattr(store_module, "_log", failing_log)
+        with pytest.raises(StoreError):
+            await store.apply_batch(_entries(size))
+        await wait_for(lambda: not store.conn.in_transaction, 5, "the rollback")
+        assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
+        assert await store.scalar("SELECT COUNT(*) FROM executions") == 0
+        monkeypatch.setattr(store_module, "_log", real_log)
         await store.apply_batch(_entries(size))
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == size
 
