@@ -138,7 +138,9 @@ class Acknowledger:
         fields = raw.fields or {}
         payload = fields.get(EVENT_FIELD)
         if payload is None:
-            payload = _json.encode({text(k): text(v) for k, v in fields.items()})
+            # a producer's field names and values: any bytes, kept readable and reversible
+            payload = _json.encode({text(k, "backslashreplace"): text(v, "backslashreplace")
+                                    for k, v in fields.items()})
         return {
             "stream": self.stream,
             "entryId": raw.entry_id,

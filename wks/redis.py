@@ -42,9 +42,10 @@ def scripts_refused(exc: ResponseError) -> bool:
     return any(s in text for s in ("noperm", "unknown command", "disabled", "not allowed"))
 
 
-def text(value: object) -> str:
-    """A reply value as str: our clients return bytes (decode_responses=False)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+def text(value: object, errors: str = "strict") -> str:
+    """A reply value as str: our clients return bytes (decode_responses=False). Values that
+    producers wrote may not be UTF-8: pass errors="backslashreplace" for those."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 # redis-py looks its reply parsers up by command name, as str: sent under these bytes names

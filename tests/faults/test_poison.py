@@ -24,9 +24,11 @@ def bad_entry(rng: random.Random, n: int, oversized: bool) -> dict[bytes, bytes]
     if oversized:
         return {EVENT_FIELD: b'{"type":"workflow.started","executionId":"big","data":{"x":"'
                 + b"x" * MAX_ENTRY_BYTES + b'"}}'}
-    kind = rng.randrange(8)
+    kind = rng.randrange(9)
     if kind == 0:
         return {EVENT_FIELD: b"{not json %d" % n}
+    if kind == 8:  # no event field, and a field name and value that are not UTF-8
+        return {b"other\xff": b"value \xfe %d" % n}
     if kind == 7:  # valid JSON syntax, but a string that is not UTF-8
         return {EVENT_FIELD: b'{"type":"workflow.completed","executionId":"bad-%d-\xff",'
                              b'"ts":1}' % n}

@@ -25,6 +25,7 @@ from wks.config import Settings
 from wks.errors import NotFound, WksError
 from wks.events import decode_backup, decode_workflow, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
+from wks.redis import text
 from wks.replay import iter_pages, parse_bound
 
 
@@ -91,7 +92,7 @@ async def _main(
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    return text(value, "backslashreplace")  # for display: whatever bytes a producer wrote
 
 
 def _fields(raw: dict[Any, Any]) -> dict[str, Any]:
