@@ -35,7 +35,7 @@ from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import StreamEntry, split_entry_id
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, fields_dict, is_loading, read_group, text
+from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
 from wks.stream_stats import group_stats
 
 
@@ -131,6 +131,7 @@ class GroupReader:
         self._last_stats = float("-inf")
         self._backoff = Backoff()
         self._acks = Acknowledger(redis, keys, stream, group)
+        self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
 
     # -- group lifecycle ----------------------------------------------------------------------
@@ -162,10 +163,10 @@ class GroupReader:
                     inflight = None
                     if not ok:
                         await self._retry(inflight_batch, stop)
-                    if waited and batch and len(batch) < self.batch_size:
+                    if waited and batch and len(batch) < self._size.count:
                         # entries that arrived while the previous batch committed join this
                         # one instead of waiting a whole commit more (latency at low rates)
-                        more = await self._top_up(self.batch_size - len(batch))
+                        more = await self._top_up(self._size.count - len(batch))
                         batch.extend(more)
                         decoded.add(await self._decode(more))
                 if batch:
@@ -247,9 +248,10 @@ class GroupReader:
             if claimed:
                 return claimed
             self._last_claim = now
-        return _entries(await read_group(
-            self.redis, self.group, self.consumer, self.stream, count=self.batch_size,
-            block_ms=self.block_ms))
+        read = await read_group(self.redis, self.group, self.consumer, self.stream,
+                                count=self._size.count, block_ms=self.block_ms)
+        self._size.saw(read)
+        return _entries(read)
 
     async def _top_up(self, count: int) -> list[RawEntry]:
         """New entries already waiting, without blocking; nothing when Redis is unwell."""
@@ -262,7 +264,7 @@ class GroupReader:
     async def _claim(self) -> list[RawEntry]:
         reply = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms,
-            start_id=self._claim_cursor, count=self.batch_size,
+            start_id=self._claim_cursor, count=self._size.count,
         )
         self._claim_cursor = text(reply[0])
         messages = reply[1]

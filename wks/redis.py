@@ -84,6 +84,32 @@ def _flat(entries: list[Any]) -> list[Any]:
     return entries
 
 
+class ReadSize:
+    """How many entries to ask a stream for: at most `limit`, and about `budget` bytes' worth
+    at the size of the entries read so far (a sample of each read). A batch of 20,000
+    entries of 256 KiB (the entry limit) would be 5 GB, and more than SQLite takes as one
+    parameter. It starts from about the largest valid event (`data` is capped at 64 KiB), so
+    the first read of a backlog of big entries stays at 1,024 of them; a stream of small
+    entries reaches `limit` from the second read."""
+
+    def __init__(self, limit: int, budget: int = 64 << 20, first: int = 64 * 1024) -> None:
+        self.limit = limit
+        self.budget = budget
+        self.entry_bytes = first
+
+    @property
+    def count(self) -> int:
+        return max(1, min(self.limit, self.budget // self.entry_bytes))
+
+    def saw(self, entries: list[Any]) -> None:
+        """Learn from a read: pairs (entry id, [field, value, ...] or None)."""
+        if not entries:
+            return
+        sample = entries[::max(1, len(entries) // 32)]
+        total = sum(len(v) for _, fields in sample if fields for v in fields)
+        self.entry_bytes = max(64, total // len(sample))
+
+
 def fields_dict(flat: list[bytes]) -> dict[bytes, bytes]:
     """[field, value, ...] as a dict; the usual entry has one field, `event`."""
     if len(flat) == 2:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from wks.errors import BadEventError
 from wks.events import StreamEntry, decode_workflow
 from wks.keys import EVENT_FIELD
-from wks.redis import fields_dict, read_range
+from wks.redis import ReadSize, fields_dict, read_range
 from wks.store import FOLD_BATCH, Store
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -50,15 +50,19 @@ Page = list[tuple[str, dict[bytes, bytes]]]
 async def iter_pages(
     redis: aioredis.Redis, stream: str, start: str = "-", end: str = "+", page: int = 1000
 ) -> AsyncIterator[Page]:
-    """XRANGE `stream` from `start` to `end` (inclusive) a page at a time."""
+    """XRANGE `stream` from `start` to `end` (inclusive) a page at a time (`page` entries,
+    fewer while the entries are big: see ReadSize)."""
     cursor = start
+    size = ReadSize(page)
     while True:
-        rows = await read_range(redis, stream, cursor, end, count=page)
+        count = size.count
+        rows = await read_range(redis, stream, cursor, end, count=count)
         if not rows:
             return
+        size.saw(rows)
         out = [(mid.decode(), fields_dict(fields)) for mid, fields in rows]
         yield out
-        if len(rows) < page:
+        if len(rows) < count:
             return
         cursor = f"({out[-1][0]}"  # exclusive start (Redis 6.2+)
 

@@ -225,8 +225,11 @@ _found = msgspec.json.Decoder(list[tuple[str, str]])
 def _load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
     """The stored folds of these executions."""
     if JSON_ROWS:
-        (found_json,) = db.execute(_LOAD_JSON, (_json.encode(ids).decode(),)).fetchone()
-        return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
+        try:
+            (found_json,) = db.execute(_LOAD_JSON, (_json.encode(ids).decode(),)).fetchone()
+            return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
+        except sqlite3.DataError:  # the folds, in hex, longer than SQLite's string limit
+            pass
     found: list[tuple[str, bytes]] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
@@ -249,19 +252,26 @@ async def _rollback_queued(conn: aiosqlite.Connection) -> None:
         await asyncio.shield(_run(conn, _rollback_open))
 
 
-def _as_json(rows: list[tuple[Any, ...]]) -> str | None:
-    """`rows` as one JSON array for json_each; None without JSON_ROWS or when a string holds
-    a NUL character (SQLite's JSON functions cut a string at \\u0000): such rows go row by
-    row. The check may also hit a payload's escaped backslash: slower, never wrong."""
+def _max_param(db: sqlite3.Connection) -> int:
+    """The longest string or BLOB SQLite takes as one value (1e9 bytes unless lowered)."""
+    return db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+
+
+def _as_json(rows: list[tuple[Any, ...]], limit: int) -> str | None:
+    """`rows` as one JSON array for json_each; None without JSON_ROWS, when it would be
+    longer than `limit`, or when a string holds a NUL character (SQLite's JSON functions cut
+    a string at \\u0000): such rows go row by row. The check may also hit a payload's escaped
+    backslash: slower, never wrong."""
     if not JSON_ROWS:
         return None
     text = _json.encode(rows)
-    return None if b"\\u0000" in text else text.decode()
+    return None if len(text) > limit or b"\\u0000" in text else text.decode()
 
 
-def _cut(rows: list[tuple[Any, ...]]) -> tuple[str, bytes] | None:
+def _cut(rows: list[tuple[Any, ...]], limit: int) -> tuple[str, bytes] | None:
     """The rows for a one-step statement: their last column (bytes) replaced by an offset and
-    a length into one BLOB of them all, the rest as one JSON array. None: go row by row."""
+    a length into one BLOB of them all, the rest as one JSON array. None: go row by row
+    (also when the BLOB would be longer than `limit`)."""
     if not JSON_ROWS:
         return None
     meta: list[tuple[Any, ...]] = []
@@ -272,13 +282,13 @@ def _cut(rows: list[tuple[Any, ...]]) -> tuple[str, bytes] | None:
         meta.append((*row[:-1], at, len(blob)))
         blobs.append(blob)
         at += len(blob)
-    param = _as_json(meta)
-    return None if param is None else (param, b"".join(blobs))
+    param = _as_json(meta, limit)
+    return None if param is None or at - 1 > limit else (param, b"".join(blobs))
 
 
 def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     _in_transaction(db)
-    cut = _cut(rows)
+    cut = _cut(rows, _max_param(db))
     if cut is None:
         db.executemany(_UPSERT, rows)
     else:
@@ -289,8 +299,9 @@ def _log(db: sqlite3.Connection, logs: LogRows) -> None:
     _in_transaction(db)
     applied_at = now_ms()
     before = db.total_changes
-    param = _as_json(logs.rows)
-    if param is None:
+    limit = _max_param(db)
+    param = _as_json(logs.rows, limit)
+    if param is None or len(logs.payloads) > limit:
         db.executemany(_LOG, logs.with_payloads(applied_at))
     else:
         db.execute(_LOG_JSON, (param, logs.payloads, applied_at))

@@ -92,3 +92,33 @@ async def _column_types(path: Path) -> list[tuple[object, ...]]:
             "SELECT typeof(entry_id), typeof(entry_ms), typeof(event_id), typeof(ts),"
             " typeof(payload), '', '', '' FROM event_log ORDER BY seq")
         return [tuple(r) for r in rows]
+
+
+async def test_values_over_sqlite_length_limit_go_row_by_row(tmp_path: Path) -> None:
+    """A batch whose payloads, rows or stored folds would exceed SQLite's longest value
+    (SQLITE_LIMIT_LENGTH, lowered here to 256 KiB; no single value is that long) is written
+    and loaded row by row: it commits, and stores what the one-step path stores."""
+    big = "x" * 10_000  # rows stay under the limit (it bounds a row too); batches do not
+    events = [ev.WorkflowProgress(execution_id=f"big-{i % 25}", completed_steps=i,
+                                  data={f"k{i}": big}, ts=i, event_id=f"b{i}")
+              for i in range(100)]
+    batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(events[:50])],
+               [StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(events[50:])]]
+
+    async def stored(path: Path, limit: int | None) -> tuple[object, object]:
+        async with await Store.open(path) as store:
+            if limit is not None:
+                store.conn._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # the test's lever
+            for batch in batches:
+                await store.apply_batch(batch)
+            return (
+                [tuple(r) for r in await store.fetchall(
+                    "SELECT execution_id, status, progress, data, fold FROM executions"
+                    " ORDER BY execution_id")],
+                [tuple(r) for r in await store.fetchall(
+                    "SELECT entry_id, event_key, payload FROM event_log ORDER BY seq")],
+            )
+
+    small = await stored(tmp_path / "small.db", 256 * 1024)
+    assert small == await stored(tmp_path / "default.db", None)
+    assert len(small[1]) == 100  # type: ignore[arg-type]
