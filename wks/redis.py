@@ -78,9 +78,14 @@ async def read_range(
 
 
 def _flat(entries: list[Any]) -> list[Any]:
-    """Entries whose fields came back parsed after all (another redis-py) made flat again."""
-    if entries and isinstance(entries[0][1], dict):
-        return [(mid, [x for pair in fields.items() for x in pair]) for mid, fields in entries]
+    """Entries that came back parsed after all (another redis-py) in our shape again: one
+    list level less (its RESP3 parsing nests them), fields flat instead of dicts."""
+    if entries and entries[0] and isinstance(entries[0][0], (list, tuple)):
+        entries = entries[0]
+    first = next((fields for _, fields in entries if fields is not None), None)
+    if isinstance(first, dict):
+        return [(mid, None if fields is None else [x for pair in fields.items() for x in pair])
+                for mid, fields in entries]
     return entries
 
 

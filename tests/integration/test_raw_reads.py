@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from wks.redis import fields_dict, read_group, read_range
@@ -15,8 +16,20 @@ async def _stream(r: aioredis.Redis, prefix: str) -> tuple[str, list[bytes]]:
     return stream, ids
 
 
-async def test_entries_come_back_as_sent(r: aioredis.Redis, prefix: str) -> None:
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_entries_come_back_as_sent(
+    r: aioredis.Redis, redis_url: str, prefix: str, protocol: int
+) -> None:
+    """Either protocol: RESP2 replies [[stream, entries]], RESP3 {stream: entries}."""
     stream, ids = await _stream(r, prefix)
+    r = aioredis.Redis.from_url(redis_url, protocol=protocol)
+    try:
+        await _read_all(r, stream, ids)
+    finally:
+        await r.aclose()
+
+
+async def _read_all(r: aioredis.Redis, stream: str, ids: list[bytes]) -> None:
     got = [tuple(e) for e in await read_group(r, "g", "c", stream, count=3)]
     assert got == [(ids[i], [b"event", b'{"n":%d}' % i]) for i in range(3)]
     rest = [tuple(e) for e in await read_group(r, "g", "c", stream, count=10, block_ms=10)]
@@ -52,3 +65,20 @@ async def test_ranges_come_back_as_sent_either_way(r: aioredis.Redis, prefix: st
 def test_fields_dict() -> None:
     assert fields_dict([b"event", b"1"]) == {b"event": b"1"}
     assert fields_dict([b"a", b"1", b"b", b"2"]) == {b"a": b"1", b"b": b"2"}
+
+
+async def test_a_reply_parsed_one_level_deeper_gives_the_same_shape(
+    r: aioredis.Redis, prefix: str
+) -> None:
+    """redis-py's RESP3 parsing gives {stream: [[(id, {field: value}), ...]]}."""
+    stream, ids = await _stream(r, prefix)
+
+    def nested(reply: object, **options: object) -> object:
+        assert isinstance(reply, dict)
+        return {name: [[(mid, dict(zip(f[::2], f[1::2], strict=True))) for mid, f in entries]]
+                for name, entries in reply.items()}
+
+    r.set_response_callback(b"XREADGROUP", nested)
+    got = [tuple(e) for e in await read_group(r, "g", "c", stream, count=10)]
+    assert got == [(ids[i], [b"event", b'{"n":%d}' % i]) for i in range(3)] + [
+        (ids[3], [b"event", b"x", b"other", b"y"])]
