@@ -20,6 +20,7 @@ from wks.keys import EVENT_FIELD
 from wks.redis import ReadSize, fields_dict, read_range
 from wks.store import FOLD_BATCH, Store
 
+_DECODE_SLICE = 1000  # entries decoded between two turns of the event loop
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
 
 
@@ -107,7 +108,16 @@ async def fold_range(
 
     async def next_page() -> tuple[Page, list[StreamEntry], list[tuple[str, str]]] | None:
         rows = await anext(pages, None)
-        return None if rows is None else (rows, *decode_page(rows))
+        if rows is None:
+            return None
+        good: list[StreamEntry] = []
+        bad: list[tuple[str, str]] = []
+        for start in range(0, len(rows), _DECODE_SLICE):
+            await asyncio.sleep(0)  # the page being folded gets its turns (merge, next hop)
+            g, b = decode_page(rows[start:start + _DECODE_SLICE])
+            good += g
+            bad += b
+        return rows, good, bad
 
     # the next page, read and decoded while one folds
     ahead = asyncio.ensure_future(next_page())
