@@ -15,7 +15,7 @@ import itertools
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,15 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
+def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
+    """(offset counted from 1, as substr does; length) of each blob in b"".join(blobs)."""
+    sizes = [len(b) for b in blobs]
+    return zip(itertools.accumulate(sizes, initial=1), sizes, strict=False)  # one start more
+
+
 def _log_rows(entries: Sequence[Entry]) -> LogRows:
     payloads = [_payload(e.raw) for e in entries]
-    sizes = [len(p) for p in payloads]
-    starts = itertools.accumulate(sizes, initial=1)
-    rows = [_log_row(e, at, n) for e, at, n in zip(entries, starts, sizes, strict=False)]
+    rows = [_log_row(e, at, n) for e, (at, n) in zip(entries, _spans(payloads), strict=True)]
     aliases = [
         (e.entry_id, e.event.execution_id, e.key, e.event.execution_id, e.key, e.entry_id)
         for e in entries
@@ -274,16 +278,13 @@ def _cut(rows: list[tuple[Any, ...]], limit: int) -> tuple[str, bytes] | None:
     (also when the BLOB would be longer than `limit`)."""
     if not JSON_ROWS:
         return None
-    meta: list[tuple[Any, ...]] = []
-    blobs: list[bytes] = []
-    at = 1  # substr counts from 1
-    for row in rows:
-        blob = row[-1]
-        meta.append((*row[:-1], at, len(blob)))
-        blobs.append(blob)
-        at += len(blob)
+    blobs = [row[-1] for row in rows]
+    joined = b"".join(blobs)
+    if len(joined) > limit:
+        return None
+    meta = [(*row[:-1], at, n) for row, (at, n) in zip(rows, _spans(blobs), strict=True)]
     param = _as_json(meta, limit)
-    return None if param is None or at - 1 > limit else (param, b"".join(blobs))
+    return None if param is None else (param, joined)
 
 
 def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:

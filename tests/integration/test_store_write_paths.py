@@ -45,9 +45,15 @@ def _batches() -> list[list[StreamEntry]]:
     return [entries[i:i + 700] for i in range(0, len(entries), 700)]
 
 
-async def _tables(path: Path) -> dict[str, list[tuple[object, ...]]]:
+async def _tables(
+    path: Path, batches: list[list[StreamEntry]] | None = None, limit: int | None = None
+) -> dict[str, list[tuple[object, ...]]]:
+    """Every row stored by folding `batches` (default `_batches()`) into a new file; with
+    `limit`, SQLite's longest value (SQLITE_LIMIT_LENGTH) is lowered to it first."""
     async with await Store.open(path) as store:
-        for batch in _batches():
+        if limit is not None:
+            store.conn._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # the test's lever
+        for batch in _batches() if batches is None else batches:
             await store.apply_batch(batch)
         return {
             "executions": [tuple(r) for r in await store.fetchall(
@@ -94,7 +100,9 @@ async def _column_types(path: Path) -> list[tuple[object, ...]]:
         return [tuple(r) for r in rows]
 
 
-async def test_values_over_sqlite_length_limit_go_row_by_row(tmp_path: Path) -> None:
+async def test_values_over_sqlite_length_limit_go_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch whose payloads, rows or stored folds would exceed SQLite's longest value
     (SQLITE_LIMIT_LENGTH, lowered here to 256 KiB; no single value is that long) is written
     and loaded row by row: it commits, and stores what the one-step path stores."""
@@ -105,20 +113,7 @@ async def test_values_over_sqlite_length_limit_go_row_by_row(tmp_path: Path) -> 
     batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(events[:50])],
                [StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(events[50:])]]
 
-    async def stored(path: Path, limit: int | None) -> tuple[object, object]:
-        async with await Store.open(path) as store:
-            if limit is not None:
-                store.conn._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # the test's lever
-            for batch in batches:
-                await store.apply_batch(batch)
-            return (
-                [tuple(r) for r in await store.fetchall(
-                    "SELECT execution_id, status, progress, data, fold FROM executions"
-                    " ORDER BY execution_id")],
-                [tuple(r) for r in await store.fetchall(
-                    "SELECT entry_id, event_key, payload FROM event_log ORDER BY seq")],
-            )
-
-    small = await stored(tmp_path / "small.db", 256 * 1024)
-    assert small == await stored(tmp_path / "default.db", None)
-    assert len(small[1]) == 100  # type: ignore[arg-type]
+    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    small = await _tables(tmp_path / "small.db", batches, 256 * 1024)
+    assert small == await _tables(tmp_path / "default.db", batches)
+    assert len(small["event_log"]) == 100
