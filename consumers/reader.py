@@ -33,7 +33,7 @@ from consumers.acks import Acknowledger, RawEntry, reason_kind
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import StreamEntry, split_entry_id
+from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
 from wks.stream_stats import group_stats
@@ -67,9 +67,6 @@ class ReaderStatus:
 # failures that say nothing about the entries: keep the batch and retry it, never dead-letter
 _RETRYABLE: tuple[type[BaseException], ...] = (
     *REDIS_DOWN, StoreError, TransientError, ResponseError)
-
-
-_DECODE_SLICE = 1000  # entries decoded between two turns of the event loop
 
 
 @dataclass
@@ -294,12 +291,12 @@ class GroupReader:
     async def _decode(self, batch: list[RawEntry]) -> Decoded:
         """Sort a batch into decoded entries and dead letters.
 
-        Runs on the event loop's thread, so it yields every `_DECODE_SLICE` entries: the
+        Runs on the event loop's thread, so it yields every `DECODE_SLICE` entries: the
         batch in SQLite's hands gets its turn (merge, mirror) without waiting for all of it."""
         out = Decoded()
         good, dead, decode = out.good, out.dead, self.handler.decode
         for n, raw in enumerate(batch, 1):
-            if n % _DECODE_SLICE == 0:
+            if n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)
             if raw.fields is None:
                 continue  # deleted while pending: nothing to apply, only acknowledge
@@ -441,7 +438,7 @@ class GroupReader:
         metrics.observe_counted(metrics.EVENT_AGE.labels(self.group), [
             (max(0.0, (now_ms - int(ms)) / 1000), n) for ms, n in by_ms.items()])
         for cls, n in Counter([type(item.event) for item in good]).items():
-            metrics.EVENTS.labels(self.name, cls.__struct_config__.tag, "applied").inc(n)
+            metrics.EVENTS.labels(self.name, type_tag(cls), "applied").inc(n)
         for _raw, reason in dead:
             kind = reason_kind(reason)
             metrics.EVENTS.labels(self.name, "unknown", "dead").inc()

@@ -25,6 +25,9 @@ Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at mos
 BackupType = Literal["manual", "scheduled", "pre-migration"]
 
 
+DECODE_SLICE = 1000  # entries a consumer decodes between two turns of its event loop
+
+
 def now_ms() -> int:
     """The clock of every `ts`: epoch milliseconds."""
     return int(time.time() * 1000)
@@ -144,7 +147,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def event_type(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
+    return type_tag(type(event))
+
+
+def type_tag(cls: type) -> str:
+    """An event class's `type` value ("workflow.started", ...)."""
+    return cls.__struct_config__.tag  # type: ignore[attr-defined,no-any-return]
 
 
 def _check_size(raw: bytes) -> None:

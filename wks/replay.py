@@ -15,12 +15,11 @@ from datetime import datetime
 import redis.asyncio as aioredis
 
 from wks.errors import BadEventError
-from wks.events import StreamEntry, decode_workflow
+from wks.events import DECODE_SLICE, StreamEntry, decode_workflow
 from wks.keys import EVENT_FIELD
 from wks.redis import ReadSize, fields_dict, read_range
 from wks.store import FOLD_BATCH, Store
 
-_DECODE_SLICE = 1000  # entries decoded between two turns of the event loop
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
 
 
@@ -112,9 +111,9 @@ async def fold_range(
             return None
         good: list[StreamEntry] = []
         bad: list[tuple[str, str]] = []
-        for start in range(0, len(rows), _DECODE_SLICE):
+        for at in range(0, len(rows), DECODE_SLICE):
             await asyncio.sleep(0)  # the page being folded gets its turns (merge, next hop)
-            g, b = decode_page(rows[start:start + _DECODE_SLICE])
+            g, b = decode_page(rows[at:at + DECODE_SLICE])
             good += g
             bad += b
         return rows, good, bad
