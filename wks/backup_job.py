@@ -3,7 +3,8 @@
 Steps (SPEC section 7): sweep what an interrupted run left -> note the state group's safe
 point -> `in_progress` row -> snapshot into a temp file -> compress + SHA-256 + fsync ->
 atomic publish -> verify -> fenced commit of the `completed` row -> rotate (rows deleted in a
-fenced transaction first, files after, so a completed row never lacks its file).
+fenced transaction first, files after, so a completed row never lacks its file; the files'
+names wait in `backup_trash` until they are gone, for the sweep should the run die first).
 
 The safe point is the smallest workflow-stream entry id the snapshot may lack: the oldest
 entry pending in the `state` group, else the group's last-delivered id. Every entry below it
@@ -136,21 +137,26 @@ async def safe_point(redis: aioredis.Redis, keys: Keys) -> str:
 
 
 async def sweep(store: Store, directory: Path) -> None:
-    """Undo what interrupted runs left: temp files, and `in_progress` rows with the file
-    they had named. Files no row names are left alone. Only under the lock."""
+    """Undo what interrupted runs left: temp files, `in_progress` rows with the file they
+    had named, and rotated files not yet deleted. Files the log does not name are left
+    alone. The files go first and their records after, so a run killed here leaves the
+    records for the next sweep. Only under the lock."""
     await asyncio.to_thread(files.sweep_temps, directory)
-    named = {Path(str(p)).name for (p,) in await store.fetchall(
+    interrupted = {Path(str(p)).name for (p,) in await store.fetchall(
         "SELECT file_path FROM backup_log WHERE status = 'in_progress'"
         " AND file_path IS NOT NULL")}
+    rotated = await log.trash(store)
+    owned = {Path(str(p)).name for (p,) in await store.fetchall(
+        "SELECT file_path FROM backup_log WHERE status = 'completed' AND file_path IS NOT NULL")}
+    named = interrupted | {Path(p).name for p in rotated}
+    for name in await asyncio.to_thread(files.remove_named, directory, named - owned):
+        logger.info("removed the file of an interrupted or rotated backup: {}", name)
     await store.conn.execute(
         "UPDATE backup_log SET status = 'failed', completed_at = ?,"
         " error_message = 'interrupted before it completed' WHERE status = 'in_progress'",
         (log.iso(),),
     )
-    owned = {Path(str(p)).name for (p,) in await store.fetchall(
-        "SELECT file_path FROM backup_log WHERE status = 'completed' AND file_path IS NOT NULL")}
-    for name in await asyncio.to_thread(files.remove_named, directory, named - owned):
-        logger.info("removed the file of an interrupted backup: {}", name)
+    await log.emptied(store, sorted(rotated))
 
 
 async def take_backup(
@@ -219,6 +225,7 @@ async def take_backup(
         raise BackupError("backup", files.TEMP_PREFIX, str(exc)) from exc
     if victims:
         await asyncio.to_thread(files.remove_files, [Path(p) for _vid, p in victims], directory)
+        await log.emptied(store, [p for _vid, p in victims])
     elapsed = time.perf_counter() - started
     metrics.BACKUPS.labels(backup_type, "completed").inc()
     metrics.BACKUP_SECONDS.labels(backup_type).observe(elapsed)

@@ -178,4 +178,18 @@ async def rotation_victims(conn: aiosqlite.Connection, keep: int) -> list[tuple[
     if rows:
         marks = ",".join("?" * len(rows))
         await conn.execute(f"DELETE FROM backup_log WHERE id IN ({marks})", [r[0] for r in rows])
+        # their files go after the commit; until then the sweep knows them from here
+        await conn.executemany("INSERT OR IGNORE INTO backup_trash (file_path) VALUES (?)",
+                               [(r[1],) for r in rows])
     return rows
+
+
+async def trash(store: Store) -> set[str]:
+    """Files of rotated backups not deleted yet (a run killed after its commit)."""
+    return {str(p) for (p,) in await store.fetchall("SELECT file_path FROM backup_trash")}
+
+
+async def emptied(store: Store, paths: list[str]) -> None:
+    """These files are gone: forget them."""
+    await store.conn.executemany("DELETE FROM backup_trash WHERE file_path = ?",
+                                 [(p,) for p in paths])

@@ -87,4 +87,13 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS event_log_order;
     """,
+    # 4: backup files to delete. Rotation deletes the rows of old backups in its commit and
+    # their files after it; a run killed in between left files no row named, which the sweep
+    # (it only removes files the log names) could never find again. Their names are written
+    # here in the same commit, and removed once the files are gone.
+    """
+    CREATE TABLE backup_trash (
+        file_path TEXT PRIMARY KEY
+    );
+    """,
 ]

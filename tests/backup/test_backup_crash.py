@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.backup.conftest import ROOT, env_for, populate
@@ -117,5 +118,40 @@ async def test_a_backup_file_placed_by_hand_is_never_swept(
             await backup_job.locked_backup(store, r, settings)
         assert copied.exists()
         assert len(await log.completed(store)) == 2  # rotation still keeps maxBackups rows
+    finally:
+        await store.close()
+
+
+class _Killed(BaseException):
+    """A process dying at this point (not an Exception: nothing handles it)."""
+
+
+async def test_a_run_killed_between_rotation_commit_and_file_removal_is_swept(
+    r: aioredis.Redis, make_settings, monkeypatch
+):
+    """Rotation commits the deleted rows first and removes their files after: a run dying in
+    between leaves files no row names, and the next backup removes them all the same."""
+    settings = make_settings(max_backups=1)
+    store = await Store.open(settings.db_path)
+    try:
+        await populate(store, 50)
+        first = await backup_job.locked_backup(store, r, settings)
+
+        def killed(paths: list[Path], directory: Path) -> None:
+            raise _Killed
+
+        monkeypatch.setattr(files, "remove_files", killed)
+        with pytest.raises(_Killed):
+            await backup_job.locked_backup(store, r, settings)
+        monkeypatch.undo()
+        first_name = Path(first["file_path"]).name
+        assert first_name in os.listdir(settings.backup_dir)  # its row is gone, its file not yet
+        assert first_name not in {
+            Path(row["file_path"]).name for row in await log.completed(store)}
+        await backup_job.locked_backup(store, r, settings, wait=10)
+        names = sorted(os.listdir(settings.backup_dir))
+        owned = sorted(Path(row["file_path"]).name for row in await log.completed(store))
+        assert names == owned
+        assert await log.trash(store) == set()
     finally:
         await store.close()
