@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from wks import __version__, logs
+from wks import __version__, collector, logs
 from wks.config import Settings
 from wks.errors import ConfigError, WksError
 
@@ -18,6 +18,8 @@ COMMANDS = [
     "up", "api", "worker", "emit", "replay", "audit", "dead", "backup", "restore", "token",
     "schema", "bench",
 ]
+# the commands that run long and fold big batches: see wks.collector
+LONG_RUNNING = {"up", "api", "worker", "replay", "bench"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wks: bad setting {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
+    if args.command in LONG_RUNNING:
+        collector.tune()
     try:
         return int(args.func(args, settings) or 0)
     except WksError as exc:
