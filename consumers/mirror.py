@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from wks.keys import Keys
 from wks.redis import scripts_refused
@@ -61,27 +61,42 @@ class MirrorWriter:
         self._script = redis.register_script(_MIRROR)
 
     async def write(self, states: list[State]) -> None:
-        for start in range(0, len(states), _CHUNK):
-            chunk = states[start:start + _CHUNK]
-            if self.mode == "script":
-                try:
-                    await self._write_script(chunk)
-                    continue
-                except ResponseError as exc:
-                    if not scripts_refused(exc):
-                        raise
-                    logger.warning("mirror script refused ({}); using MULTI pipelines", exc)
-                    self.mode = "pipeline"
-            await self._write_pipeline(chunk)
+        if self.mode == "script":
+            try:
+                await self._write_script(states)
+                return
+            except ResponseError as exc:
+                if not scripts_refused(exc):
+                    raise
+                logger.warning("mirror script refused ({}); using MULTI pipelines", exc)
+                self.mode = "pipeline"
+        for start in range(0, len(states), _CHUNK):  # every state again: each write is whole
+            await self._write_pipeline(states[start:start + _CHUNK])
 
     async def _write_script(self, states: list[State]) -> None:
+        """Every chunk's script call in one pipeline: one round trip for the batch. Awaited
+        chunk by chunk, each reply waited for a turn of an event loop busy reading and
+        decoding the next batch, and the batch's COMMIT waited for the last of them."""
         keys = self.keys
-        names = [keys.active]
-        rows = []
-        for state in states:
-            names.append(keys.workflow(state.execution_id))
-            rows.append(_row(state))
-        await self._script(keys=names, args=[self.state_ttl_ms, _pack.encode(rows)])
+        calls: list[list[object]] = []
+        for start in range(0, len(states), _CHUNK):
+            names: list[object] = [keys.active]
+            rows = []
+            for state in states[start:start + _CHUNK]:
+                names.append(keys.workflow(state.execution_id))
+                rows.append(_row(state))
+            calls.append([len(names), *names, self.state_ttl_ms, _pack.encode(rows)])
+        for _ in range(2):  # a second time after loading the script (Redis restarted empty)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    pipe.evalsha(self._script.sha, *call)
+                replies = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in replies):
+                break
+            await self.redis.script_load(_MIRROR)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _write_pipeline(self, states: list[State]) -> None:
         keys = self.keys

@@ -6,7 +6,7 @@ import random
 
 import redis.asyncio as aioredis
 
-from consumers.mirror import MirrorWriter
+from consumers.mirror import _CHUNK, MirrorWriter
 from tests.workload import workload
 from wks.keys import Keys
 from wks.state import TERMINAL, fold_events, mirror_fields, to_state
@@ -48,3 +48,32 @@ async def test_script_and_pipeline_write_the_same_mirror(r: aioredis.Redis, pref
     first = states[0]
     fields, _ = got_script[first.execution_id]  # type: ignore[misc]
     assert fields == {k.encode(): v.encode() for k, v in mirror_fields(first).items()}
+
+
+async def test_a_batch_of_many_chunks_after_a_script_flush(
+    redis_factory: object, prefix: str
+) -> None:
+    """A batch over several script calls (sent in one pipeline) is written whole, also when
+    Redis no longer knows the script (restarted empty, SCRIPT FLUSH): loaded, then sent again."""
+    server = redis_factory(appendonly=False)  # type: ignore[operator]
+    r = aioredis.Redis.from_url(server.url)
+    try:
+        events = workload(3000, 1200, random.Random(4))
+        folds = fold_events([(e, e.event_id or f"0-{i}") for i, e in enumerate(events)])
+        states = [to_state(f) for f in folds.values()]
+        assert len(states) > 2 * _CHUNK
+        script_keys, pipe_keys = Keys(f"{prefix}:s"), Keys(f"{prefix}:p")
+        script = MirrorWriter(r, script_keys, 60_000)
+        pipeline = MirrorWriter(r, pipe_keys, 60_000)
+        pipeline.mode = "pipeline"
+        await r.script_flush()
+        await script.write(states)
+        await pipeline.write(states)
+        assert script.mode == "script"
+        assert await r.script_exists(script._script.sha) == [True]
+        ids = [s.execution_id for s in states]
+        assert await _snapshot(r, script_keys, ids) == await _snapshot(r, pipe_keys, ids)
+        assert await r.scard(script_keys.active) + sum(
+            s.status in TERMINAL for s in states) == len(states)
+    finally:
+        await r.aclose()
