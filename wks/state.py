@@ -13,6 +13,7 @@ deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -205,8 +206,8 @@ def to_state(fold: Fold) -> State:
     )
 
 
-def fold_events(events: list[tuple[WorkflowEvent, str]]) -> dict[str, Fold]:
-    """Reference fold of (event, key) pairs into one Fold per execution."""
+def fold_events(events: Iterable[tuple[WorkflowEvent, str]]) -> dict[str, Fold]:
+    """Fold (event, key) pairs into one Fold per execution."""
     folds: dict[str, Fold] = {}
     for event, key in events:
         eid = event.execution_id

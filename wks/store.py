@@ -27,7 +27,7 @@ from wks.errors import StoreError
 from wks.events import StreamEntry as Entry
 from wks.events import event_type, now_ms, split_entry_id
 from wks.migrations import MIGRATIONS
-from wks.state import Fold, State, apply, combine, decode_fold, encode_fold, to_state
+from wks.state import Fold, State, combine, decode_fold, encode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
 _INLINE_MAX = 64  # batches up to this many entries are written from the loop's thread
@@ -436,21 +436,16 @@ class Store:
         """Fold `entries` into the store in one transaction; return the touched states.
 
         The SQLite work runs in four hops to the connection's thread rather than one per
-        statement: begin and load, the event_log insert (the longest, queued as soon as the
-        load is back: it needs no merged state), the executions upsert, commit. Meanwhile the
-        event loop builds the log rows, merges, and runs `before_commit` (the Redis mirror),
-        so both cores work. The writes are known to have succeeded before COMMIT is queued.
+        statement: begin and load, the event_log insert (the longest, queued right behind the
+        load: it needs no merged state), the executions upsert, commit. Meanwhile the event
+        loop folds, merges, and runs `before_commit` (the Redis mirror), so both cores work.
+        The writes are known to have succeeded before COMMIT is queued.
         """
         if not entries:
             return []
-        batch: dict[str, Fold] = {}
-        for entry in entries:
-            eid = entry.event.execution_id
-            fold = batch.get(eid)
-            if fold is None:
-                fold = batch[eid] = Fold(execution_id=eid)
-            apply(fold, entry.event, entry.key)
+        batch: dict[str, Fold] | None = None
         if len(entries) <= _INLINE_MAX:
+            batch = fold_events((e.event, e.key) for e in entries)
             states = await self._apply_inline(entries, batch, before_commit)
             if states is not None:
                 return states
@@ -460,13 +455,19 @@ class Store:
         write: asyncio.Future[None] | None = None
         try:
             try:
-                loading = await _queued(conn, _begin_and_load, list(batch))
+                # SQLite's thread gets its work as soon as it can start on it: the load, then
+                # the event_log insert (it needs no merged state; if BEGIN failed it refuses
+                # to run), while this thread folds
+                ids = list(batch) if batch is not None else \
+                    list({e.event.execution_id: None for e in entries})
+                loading = await _queued(conn, _begin_and_load, ids)
+                logging = await _queued(conn, _log, _log_rows(entries))
                 try:
-                    logs = _log_rows(entries)
+                    if batch is None:
+                        batch = fold_events((e.event, e.key) for e in entries)
                 finally:
                     await asyncio.wait([loading])
-                found = loading.result()  # raises if BEGIN failed: no write runs outside it
-                logging = await _queued(conn, _log, logs)
+                found = loading.result()  # raises if BEGIN failed
                 states, rows = _merged(batch, found)
                 write = await _queued(conn, _upsert, rows)
                 if before_commit is not None:
