@@ -59,7 +59,10 @@ class BackupHandler:
     def decode(self, raw: bytes) -> BackupCommand:
         return decode_backup(raw)
 
-    async def apply(self, items: Sequence[StreamEntry]) -> None:
+    def prepare(self, items: Sequence[StreamEntry]) -> None:
+        return None  # one backup or verification at a time: nothing to do ahead
+
+    async def apply(self, items: Sequence[StreamEntry], prepared: None = None) -> None:
         for item in items:
             if isinstance(item.event, BackupRequested):
                 await self._backup(item.event, item.entry_id)

@@ -40,11 +40,16 @@ from wks.stream_stats import group_stats
 
 
 class Handler(Protocol):
-    """What a group runs: decode raw bytes (raise BadEventError) and apply a batch durably."""
+    """What a group runs: decode raw bytes (raise BadEventError), prepare a decoded batch
+    ahead of its turn (on the event loop's thread, while the batch before it is in SQLite's
+    hands; None when there is nothing to prepare), and apply a batch durably (with what
+    `prepare` returned for exactly these items, or None)."""
 
     def decode(self, raw: bytes) -> Any: ...
 
-    async def apply(self, items: Sequence[StreamEntry]) -> None: ...
+    def prepare(self, items: Sequence[StreamEntry]) -> Any: ...
+
+    async def apply(self, items: Sequence[StreamEntry], prepared: Any = None) -> None: ...
 
 
 @dataclass
@@ -75,10 +80,12 @@ class Decoded:
 
     good: list[StreamEntry] = field(default_factory=list)
     dead: list[tuple[RawEntry, str]] = field(default_factory=list)
+    prepared: Any = None  # Handler.prepare(good)
 
     def add(self, other: Decoded) -> None:
         self.good += other.good
         self.dead += other.dead
+        self.prepared = None  # it no longer matches `good`
 
 
 def _entries(read: list[Any]) -> list[RawEntry]:
@@ -154,8 +161,10 @@ class GroupReader:
             await self._until_ok(self.ensure_group, stop)
             while not stop.is_set():
                 batch = await self._fetch_guarded(stop)
-                # decoded now, while the previous batch is still in SQLite's hands
+                # decoded and prepared now, while the previous batch is in SQLite's hands
                 decoded = await self._decode(batch)
+                if decoded.good:
+                    decoded.prepared = self.handler.prepare(decoded.good)
                 if inflight is not None:
                     waited = not inflight.done()  # the read came back while it still ran
                     ok = await inflight
@@ -339,7 +348,7 @@ class GroupReader:
         started = time.perf_counter()
         try:
             if good:
-                good = await self._apply(good, batch, dead)
+                good = await self._apply(good, batch, dead, decoded.prepared)
         except REDIS_DOWN as exc:  # the mirror is written before COMMIT
             return self._failed("redis", exc)
         except (StoreError, TransientError) as exc:
@@ -380,7 +389,8 @@ class GroupReader:
         self._record(good, dead, time.perf_counter() - started)
 
     async def _apply(
-        self, good: list[StreamEntry], batch: list[RawEntry], dead: list[tuple[RawEntry, str]]
+        self, good: list[StreamEntry], batch: list[RawEntry], dead: list[tuple[RawEntry, str]],
+        prepared: Any = None,
     ) -> list[StreamEntry]:
         """Apply; if the handler raises something that is not transient (a bug, a poison
         entry), isolate the failing entries by halving, so that only they are dead-lettered
@@ -389,7 +399,7 @@ class GroupReader:
         Halving costs about 2·log2(n) applies per failing entry instead of one apply per
         entry; the fold does not depend on order or grouping, so splitting is safe."""
         try:
-            await self.handler.apply(good)
+            await self.handler.apply(good, prepared)
             return good
         except _RETRYABLE:
             raise

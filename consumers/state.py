@@ -19,7 +19,7 @@ from consumers.mirror import MirrorWriter
 from wks.events import StreamEntry, WorkflowEvent, decode_workflow
 from wks.keys import Keys
 from wks.state import State
-from wks.store import Store
+from wks.store import LogRows, Store, log_rows
 
 
 class StateHandler:
@@ -40,8 +40,11 @@ class StateHandler:
     def decode(self, raw: bytes) -> WorkflowEvent:
         return decode_workflow(raw)
 
-    async def apply(self, items: Sequence[StreamEntry]) -> None:
-        await self.store.apply_batch(items, before_commit=self.mirror)
+    def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
+        return log_rows(items)
+
+    async def apply(self, items: Sequence[StreamEntry], prepared: LogRows | None = None) -> None:
+        await self.store.apply_batch(items, before_commit=self.mirror, logs=prepared)
         self.commits += 1
         if 0 < self.crash_after_commit <= self.commits:
             logger.warning("debugCrashAfterCommit: exiting after commit {}, before XACK",

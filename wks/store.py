@@ -147,7 +147,8 @@ def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
     return zip(itertools.accumulate(sizes, initial=1), sizes, strict=False)  # one start more
 
 
-def _log_rows(entries: Sequence[Entry]) -> LogRows:
+def log_rows(entries: Sequence[Entry]) -> LogRows:
+    """The event_log rows of a batch (for `Store.apply_batch`, which builds them otherwise)."""
     payloads = [_payload(e.raw) for e in entries]
     rows = [_log_row(e, at, n) for e, (at, n) in zip(entries, _spans(payloads), strict=True)]
     aliases = [
@@ -431,9 +432,11 @@ class Store:
     # -- the write path ---------------------------------------------------------------------
 
     async def apply_batch(
-        self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None
+        self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None,
+        logs: LogRows | None = None,
     ) -> list[State]:
         """Fold `entries` into the store in one transaction; return the touched states.
+        `logs`: their `log_rows()`, when the caller built them ahead.
 
         The SQLite work runs in four hops to the connection's thread rather than one per
         statement: begin and load, the event_log insert (the longest, queued right behind the
@@ -446,7 +449,7 @@ class Store:
         batch: dict[str, Fold] | None = None
         if len(entries) <= _INLINE_MAX:
             batch = fold_events((e.event, e.key) for e in entries)
-            states = await self._apply_inline(entries, batch, before_commit)
+            states = await self._apply_inline(entries, batch, before_commit, logs)
             if states is not None:
                 return states
         conn = self._conn
@@ -461,7 +464,8 @@ class Store:
                 ids = list(batch) if batch is not None else \
                     list({e.event.execution_id: None for e in entries})
                 loading = await _queued(conn, _begin_and_load, ids)
-                logging = await _queued(conn, _log, _log_rows(entries))
+                logging = await _queued(
+                    conn, _log, log_rows(entries) if logs is None else logs)
                 try:
                     if batch is None:
                         batch = fold_events((e.event, e.key) for e in entries)
@@ -490,7 +494,8 @@ class Store:
         return states
 
     async def _apply_inline(
-        self, entries: Sequence[Entry], batch: dict[str, Fold], before_commit: BeforeCommit | None
+        self, entries: Sequence[Entry], batch: dict[str, Fold], before_commit: BeforeCommit | None,
+        logs: LogRows | None,
     ) -> list[State] | None:
         """A small batch: begin, load and write straight from the event loop's thread.
 
@@ -509,7 +514,8 @@ class Store:
                 return None
             try:
                 found = _load(db, list(batch))
-                logs = _log_rows(entries)
+                if logs is None:
+                    logs = log_rows(entries)
                 states, rows = _merged(batch, found)
                 _write(db, rows, logs)
                 if before_commit is not None:

@@ -17,7 +17,7 @@ from tests.workload import as_dicts, reference, workload
 from wks.config import Settings
 from wks.events import StreamEntry, WorkflowEvent
 from wks.keys import GROUP_STATE
-from wks.store import Store
+from wks.store import LogRows, Store
 
 
 class Counting:
@@ -30,8 +30,11 @@ class Counting:
     def decode(self, raw: bytes) -> WorkflowEvent:
         return self.inner.decode(raw)
 
-    async def apply(self, items: Sequence[StreamEntry]) -> None:
-        await self.inner.apply(items)
+    def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
+        return self.inner.prepare(items)
+
+    async def apply(self, items: Sequence[StreamEntry], prepared: LogRows | None = None) -> None:
+        await self.inner.apply(items, prepared)
         self.applied += [item.entry_id for item in items]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from typing import Any
 
 import msgspec
 import pytest
@@ -181,10 +182,10 @@ async def test_stop_finishes_and_acknowledges_the_batch_in_hand(
         reader = state_reader(settings, r, store, burst=False)
         real_apply = reader.handler.apply
 
-        async def gated_apply(items: object) -> None:
+        async def gated_apply(items: object, prepared: Any = None) -> None:
             entered.set()
             await gate.wait()
-            await real_apply(items)  # type: ignore[arg-type]
+            await real_apply(items, prepared)  # type: ignore[arg-type]
 
         reader.handler.apply = gated_apply  # type: ignore[method-assign]
         task = asyncio.create_task(reader.run(stop))
@@ -254,12 +255,12 @@ async def _fold_with_poison(
         reader = state_reader(settings, r, store)
         real_apply = reader.handler.apply
 
-        async def apply(items: list[ev.StreamEntry]) -> None:
+        async def apply(items: list[ev.StreamEntry], prepared: Any = None) -> None:
             calls.append(len(items))
             failing = sorted({i.event.execution_id for i in items} & bad)
             if failing:
                 raise ValueError(f"cannot fold {failing[0]}")
-            await real_apply(items)
+            await real_apply(items, prepared)
 
         reader.handler.apply = apply  # type: ignore[method-assign]
         await reader.run(asyncio.Event())

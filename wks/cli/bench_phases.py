@@ -66,8 +66,11 @@ class Observed:
     def decode(self, raw: bytes) -> Any:
         return self.inner.decode(raw)
 
-    async def apply(self, items: Sequence[StreamEntry]) -> None:
-        await self.inner.apply(items)
+    def prepare(self, items: Sequence[StreamEntry]) -> Any:
+        return self.inner.prepare(items)
+
+    async def apply(self, items: Sequence[StreamEntry], prepared: Any = None) -> None:
+        await self.inner.apply(items, prepared)
         self.on_applied(items, time.perf_counter())
 
 
