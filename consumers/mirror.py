@@ -78,18 +78,22 @@ class MirrorWriter:
         chunk by chunk, each reply waited for a turn of an event loop busy reading and
         decoding the next batch, and the batch's COMMIT waited for the last of them."""
         keys = self.keys
-        calls: list[list[object]] = []
+        calls: list[tuple[list[object], list[object]]] = []  # (keys, args) per script call
         for start in range(0, len(states), _CHUNK):
             names: list[object] = [keys.active]
             rows = []
             for state in states[start:start + _CHUNK]:
                 names.append(keys.workflow(state.execution_id))
                 rows.append(_row(state))
-            calls.append([len(names), *names, self.state_ttl_ms, _pack.encode(rows)])
+            calls.append((names, [self.state_ttl_ms, _pack.encode(rows)]))
+        if len(calls) == 1:  # the usual small batch: no pipeline object to build
+            names, args = calls[0]
+            await self._script(keys=names, args=args)  # NOSCRIPT: redis-py loads, retries
+            return
         for _ in range(2):  # a second time after loading the script (Redis restarted empty)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    pipe.evalsha(self._script.sha, *call)
+                for names, args in calls:
+                    pipe.evalsha(self._script.sha, len(names), *names, *args)
                 replies = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in replies):
                 break
