@@ -46,15 +46,27 @@ def _batches() -> list[list[StreamEntry]]:
 
 
 async def _tables(
-    path: Path, batches: list[list[StreamEntry]] | None = None, limit: int | None = None
+    path: Path, batches: list[list[StreamEntry]] | None = None, limit: int | None = None,
+    *, commit_on_loop: bool = False,
 ) -> dict[str, list[tuple[object, ...]]]:
     """Every row stored by folding `batches` (default `_batches()`) into a new file; with
-    `limit`, SQLite's longest value (SQLITE_LIMIT_LENGTH) is lowered to it first."""
+    `limit`, SQLite's longest value (SQLITE_LIMIT_LENGTH) is lowered to it first. Each batch
+    must be committed when apply_batch returns: another connection counts its entries."""
     async with await Store.open(path) as store:
+        store.commit_small_on_loop = commit_on_loop
         if limit is not None:
             store.conn._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # the test's lever
-        for batch in _batches() if batches is None else batches:
-            await store.apply_batch(batch)
+        seen = sqlite3.connect(path)
+        applied: set[str] = set()
+        try:
+            for batch in _batches() if batches is None else batches:
+                await store.apply_batch(batch)
+                applied |= {e.entry_id for e in batch}
+                (logged,) = seen.execute("SELECT COUNT(*) FROM event_log").fetchone()
+                (aliased,) = seen.execute("SELECT COUNT(*) FROM event_alias").fetchone()
+                assert logged + aliased == len(applied)
+        finally:
+            seen.close()
         return {
             "executions": [tuple(r) for r in await store.fetchall(
                 "SELECT * FROM executions ORDER BY execution_id")],
@@ -117,3 +129,16 @@ async def test_values_over_sqlite_length_limit_go_row_by_row(
     small = await _tables(tmp_path / "small.db", batches, 256 * 1024)
     assert small == await _tables(tmp_path / "default.db", batches)
     assert len(small["event_log"]) == 100
+
+
+async def test_small_batches_committed_on_the_loop_store_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wks worker` commits small batches on the event loop's thread: same rows, committed."""
+    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    entries = [e for batch in _batches() for e in batch]
+    small = [entries[i:i + 40] for i in range(0, len(entries), 40)]
+    on_loop = await _tables(tmp_path / "loop.db", small, commit_on_loop=True)
+    threaded = await _tables(tmp_path / "thread.db", small)
+    assert on_loop == threaded
+    assert len(on_loop["event_log"]) + len(on_loop["event_alias"]) == len(entries)

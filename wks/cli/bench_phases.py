@@ -78,6 +78,7 @@ def state_reader(
     b: Bench, store: Store, group: str, on_applied: Any, *, burst: bool
 ) -> GroupReader:
     s = b.settings
+    store.commit_small_on_loop = True  # as `wks worker` runs it (wks.cli.services)
     handler = Observed(StateHandler(store, b.redis, b.keys, s.state_ttl), on_applied)
     return GroupReader(
         b.redis, b.keys, name="workflow", stream=b.keys.workflow_stream, group=group,

@@ -21,15 +21,16 @@ from wks.store import FOLD_BATCH, Store
 SHARED_LOOP_BATCH = 2_000
 
 
-def state_service(
-    rt: Runtime, *, burst: bool = False, batch_size: int = FOLD_BATCH
-) -> Service:
-    """The `state` group: fold the workflow stream into SQLite and the Redis mirror."""
+def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False) -> Service:
+    """The `state` group: fold the workflow stream into SQLite and the Redis mirror.
+    `shared_loop`: the HTTP API runs on the same event loop (`wks up`): smaller batches,
+    and no disk waits on the loop (Store.commit_small_on_loop)."""
     settings = rt.settings
     keys = settings.keys
 
     async def run(stop: asyncio.Event) -> None:
         store = await Store.open(settings.db_path)
+        store.commit_small_on_loop = not shared_loop
         try:
             handler = StateHandler(
                 store, rt.redis, keys, settings.state_ttl,
@@ -38,7 +39,8 @@ def state_service(
             reader = GroupReader(
                 rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
                 handler=handler, claim_idle=settings.claim_idle,
-                max_deliveries=settings.max_deliveries, batch_size=batch_size, burst=burst,
+                max_deliveries=settings.max_deliveries,
+                batch_size=SHARED_LOOP_BATCH if shared_loop else FOLD_BATCH, burst=burst,
             )
             rt.readers[GROUP_STATE] = reader
             await reader.run(stop)

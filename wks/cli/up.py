@@ -11,7 +11,7 @@ import sys
 
 from wks.cli import api
 from wks.cli.runtime import open_runtime, supervise
-from wks.cli.services import GROUP_SERVICES, SHARED_LOOP_BATCH, Runtime, state_service
+from wks.cli.services import GROUP_SERVICES, Runtime, state_service
 from wks.config import Settings
 from wks.keys import GROUP_STATE
 from wks.redis import server_info
@@ -39,8 +39,8 @@ async def _main(settings: Settings) -> int:
     async with open_runtime(settings, manage=True) as rt:
         info = await server_info(rt.redis)
         services = {g: make(rt) for g, make in GROUP_SERVICES.items()}
-        # the API shares this event loop: smaller fold batches (see SHARED_LOOP_BATCH)
-        services[GROUP_STATE] = state_service(rt, batch_size=SHARED_LOOP_BATCH)
+        # the API shares this event loop (see state_service)
+        services[GROUP_STATE] = state_service(rt, shared_loop=True)
         lines: list[str] = []
         for extra in EXTRA_SERVICES:
             name, service, text = await extra(rt)
