@@ -20,7 +20,9 @@ MAX_DATA_BYTES = 64 * 1024
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Ts = Annotated[int, msgspec.Meta(ge=0, description="epoch milliseconds, set by the producer")]
+INT64_MAX = (1 << 63) - 1  # SQLite's largest INTEGER: counts and times above it are refused
+Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX,
+                                 description="epoch milliseconds, set by the producer")]
 Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at most 64 KiB encoded")]
 BackupType = Literal["manual", "scheduled", "pre-migration"]
 
@@ -55,7 +57,7 @@ class WorkflowStarted(_Event, tag="workflow.started"):
 
 class WorkflowProgress(_Event, tag="workflow.progress"):
     execution_id: Id
-    completed_steps: Annotated[int, msgspec.Meta(ge=0)]
+    completed_steps: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
     current_step: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     data: Data | None = None
     event_id: EventId | None = None

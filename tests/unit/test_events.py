@@ -85,6 +85,9 @@ class TestBadEvents:
              "completedSteps"),
             (raw(type="workflow.progress", executionId="e", completedSteps=1,
                  currentStep="s" * 257, ts=1), "currentStep"),
+            (raw(type="workflow.completed", executionId="e", ts=2**63), "ts"),  # SQLite's INTEGER
+            (raw(type="workflow.progress", executionId="e", completedSteps=2**63, ts=1),
+             "completedSteps"),
             (raw(type="workflow.failed", executionId="e", ts=1), "error"),
             (raw(type="workflow.failed", executionId="e", error="x" * 4097, ts=1), "error"),
         ],
