@@ -59,7 +59,7 @@ class BackupHandler:
     def decode(self, raw: bytes) -> BackupCommand:
         return decode_backup(raw)
 
-    def prepare(self, items: Sequence[StreamEntry]) -> None:
+    async def prepare(self, items: Sequence[StreamEntry]) -> None:
         return None  # one backup or verification at a time: nothing to do ahead
 
     async def apply(self, items: Sequence[StreamEntry], prepared: None = None) -> None:

@@ -41,13 +41,13 @@ from wks.stream_stats import group_stats
 
 class Handler(Protocol):
     """What a group runs: decode raw bytes (raise BadEventError), prepare a decoded batch
-    ahead of its turn (on the event loop's thread, while the batch before it is in SQLite's
-    hands; None when there is nothing to prepare), and apply a batch durably (with what
-    `prepare` returned for exactly these items, or None)."""
+    ahead of its turn (on the event loop's thread while the batch before it is in SQLite's
+    hands, yielding to it often; None when there is nothing to prepare), and apply a batch
+    durably (with what `prepare` returned for exactly these items, or None)."""
 
     def decode(self, raw: bytes) -> Any: ...
 
-    def prepare(self, items: Sequence[StreamEntry]) -> Any: ...
+    async def prepare(self, items: Sequence[StreamEntry]) -> Any: ...
 
     async def apply(self, items: Sequence[StreamEntry], prepared: Any = None) -> None: ...
 
@@ -164,7 +164,7 @@ class GroupReader:
                 # decoded and prepared now, while the previous batch is in SQLite's hands
                 decoded = await self._decode(batch)
                 if decoded.good:
-                    decoded.prepared = self.handler.prepare(decoded.good)
+                    decoded.prepared = await self.handler.prepare(decoded.good)
                 if inflight is not None:
                     waited = not inflight.done()  # the read came back while it still ran
                     ok = await inflight

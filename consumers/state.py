@@ -19,7 +19,7 @@ from consumers.mirror import MirrorWriter
 from wks.events import StreamEntry, WorkflowEvent, decode_workflow
 from wks.keys import Keys
 from wks.state import State
-from wks.store import LogRows, Store, log_rows
+from wks.store import LogRows, Store, log_rows_sliced
 
 
 class StateHandler:
@@ -40,8 +40,8 @@ class StateHandler:
     def decode(self, raw: bytes) -> WorkflowEvent:
         return decode_workflow(raw)
 
-    def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
-        return log_rows(items)
+    async def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
+        return await log_rows_sliced(items)
 
     async def apply(self, items: Sequence[StreamEntry], prepared: LogRows | None = None) -> None:
         await self.store.apply_batch(items, before_commit=self.mirror, logs=prepared)

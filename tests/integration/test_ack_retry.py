@@ -30,8 +30,8 @@ class Counting:
     def decode(self, raw: bytes) -> WorkflowEvent:
         return self.inner.decode(raw)
 
-    def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
-        return self.inner.prepare(items)
+    async def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
+        return await self.inner.prepare(items)
 
     async def apply(self, items: Sequence[StreamEntry], prepared: LogRows | None = None) -> None:
         await self.inner.apply(items, prepared)

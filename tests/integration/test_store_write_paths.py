@@ -34,6 +34,9 @@ def _batches() -> list[list[StreamEntry]]:
                            ts=1, event_id="odd-0"),
         ev.WorkflowFailed(execution_id="odd", error=_AWKWARD, ts=2, event_id="odd-1"),
         ev.WorkflowProgress(execution_id="nul", completed_steps=1, current_step=_NUL, ts=3),
+        # an eventId of several UTF-8 lengths, and a NUL: the event_log records cut it by bytes
+        ev.WorkflowProgress(execution_id="odd", completed_steps=1, ts=4, event_id="é✓𝄞 \x00 id"),
+        ev.WorkflowCompleted(execution_id="big", ts=ev.INT64_MAX, event_id="big-0"),
     ]
     rnd.shuffle(events)
     entries = [StreamEntry(f"{1000 + i}-{i % 3}", e, encode(e)) for i, e in enumerate(events)]
@@ -85,7 +88,8 @@ async def test_json_rows_and_executemany_store_the_same(
     monkeypatch.setattr(store_module, "JSON_ROWS", False)
     by_rows = await _tables(tmp_path / "rows.db")
     assert by_json == by_rows
-    assert len(by_json["executions"]) == 303
+    assert len(by_json["executions"]) == 304
+    assert "é✓𝄞 \x00 id" in {r[4] for r in by_json["event_log"]}  # event_id
     assert by_json["event_alias"], "the resends made aliases"
     odd = next(r for r in by_json["executions"] if r[0] == "odd")
     assert odd[5] == 2**40  # total_steps
@@ -142,3 +146,10 @@ async def test_small_batches_committed_on_the_loop_store_the_same(
     threaded = await _tables(tmp_path / "thread.db", small)
     assert on_loop == threaded
     assert len(on_loop["event_log"]) + len(on_loop["event_alias"]) == len(entries)
+
+
+async def test_rows_built_ahead_in_slices_are_the_same() -> None:
+    """What the reader builds ahead, a slice at a time, is what apply_batch would build."""
+    entries = [e for batch in _batches() for e in batch]
+    assert len(entries) > 2 * ev.DECODE_SLICE
+    assert await store_module.log_rows_sliced(entries) == store_module.log_rows(entries)

@@ -66,8 +66,8 @@ class Observed:
     def decode(self, raw: bytes) -> Any:
         return self.inner.decode(raw)
 
-    def prepare(self, items: Sequence[StreamEntry]) -> Any:
-        return self.inner.prepare(items)
+    async def prepare(self, items: Sequence[StreamEntry]) -> Any:
+        return await self.inner.prepare(items)
 
     async def apply(self, items: Sequence[StreamEntry], prepared: Any = None) -> None:
         await self.inner.apply(items, prepared)
