@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from wks.collector import FULL_COLLECTION_SPACING
+
 # runs `wks <argv>` in a fresh interpreter (the GC settings are process-wide) and reports them
 _PROBE = """
 import gc, json, sys
@@ -29,7 +31,7 @@ def test_a_long_running_command_spaces_full_collections() -> None:
     got = _gc_after("bench", "--events", "0")
     assert got["code"] == 2
     young, middle, full = got["before"]  # type: ignore[misc]
-    spaced = full * 10 if sys.version_info < (3, 14) else full  # 3.14's collector: left alone
+    spaced = full * FULL_COLLECTION_SPACING if sys.version_info < (3, 14) else full  # 3.14: as is
     assert got["after"] == [young, middle, spaced]
     assert isinstance(got["frozen"], int)
     assert got["frozen"] > 1000
