@@ -56,6 +56,7 @@ class Handler(Protocol):
 class ReaderStatus:
     redis_ok: bool = True  # the last Redis call worked
     apply_ok: bool = True  # the last batch committed (False while SQLite refuses)
+    ack_ok: bool = True  # the last committed batch was acknowledged (False while retried)
     last_error: str | None = None
     batches: int = 0
     applied: int = 0
@@ -66,7 +67,7 @@ class ReaderStatus:
 
     @property
     def ok(self) -> bool:
-        return self.redis_ok and self.apply_ok
+        return self.redis_ok and self.apply_ok and self.ack_ok
 
 
 # failures that say nothing about the entries: keep the batch and retry it, never dead-letter
@@ -163,8 +164,7 @@ class GroupReader:
                 batch = await self._fetch_guarded(stop)
                 # decoded and prepared now, while the previous batch is in SQLite's hands
                 decoded = await self._decode(batch)
-                if decoded.good:
-                    decoded.prepared = await self.handler.prepare(decoded.good)
+                await self._prepare(decoded)
                 if inflight is not None:
                     waited = not inflight.done()  # the read came back while it still ran
                     ok = await inflight
@@ -175,8 +175,9 @@ class GroupReader:
                         # entries that arrived while the previous batch committed join this
                         # one instead of waiting a whole commit more (latency at low rates)
                         more = await self._top_up(self._size.count - len(batch))
-                        batch.extend(more)
-                        decoded.add(await self._decode(more))
+                        if more:
+                            batch.extend(more)
+                            decoded.add(await self._decode(more))
                 if batch:
                     inflight_batch = batch
                     inflight = asyncio.create_task(self._process(batch, stop, decoded))
@@ -252,7 +253,7 @@ class GroupReader:
         if not self.status.redis_ok:
             self._log.info("redis reachable again")
         self.status.redis_ok = True
-        if self.status.apply_ok:
+        if self.status.apply_ok and self.status.ack_ok:
             self.status.last_error = None
         metrics.REDIS_UP.set(1)
         self._backoff.reset()
@@ -333,6 +334,17 @@ class GroupReader:
                 dead.append((raw, exc.reason))
         return out
 
+    async def _prepare(self, decoded: Decoded) -> None:
+        """The handler's work ahead of the batch's turn. A failure here only loses the head
+        start: apply does the work itself, and its failures are handled there."""
+        if not decoded.good:
+            return
+        try:
+            decoded.prepared = await self.handler.prepare(decoded.good)
+        except Exception as exc:
+            self._log.opt(exception=exc).warning("preparing a batch failed ({}); it is "
+                                                 "applied without", exc)
+
     async def _process(
         self, batch: list[RawEntry], stop: asyncio.Event, decoded: Decoded | None = None
     ) -> bool:
@@ -356,11 +368,15 @@ class GroupReader:
             return self._failed("apply", exc)
         except ResponseError as exc:
             return self._failed("redis", exc)
-        if not self.status.apply_ok:
+        if not (self.status.apply_ok and self.status.redis_ok):
             self._log.info("batch applied again after a failure")
-        self.status.apply_ok = True
+        self.status.apply_ok = self.status.redis_ok = True
+        if self.status.ack_ok:
+            self.status.last_error = None
         if self._acking is not None:
-            await self._acking  # one acknowledgement in flight at a time
+            # one acknowledgement in flight at a time; shielded: cancelling this batch must
+            # not cancel the previous batch's XACK
+            await asyncio.shield(self._acking)
         self._acking = asyncio.create_task(self._acknowledge(batch, good, dead, started, stop))
         return True
 
@@ -381,10 +397,10 @@ class GroupReader:
                 self._failed("redis", exc, acknowledging=True)
             if await wait_stop(stop, backoff.next()):
                 return
-        if not self.status.redis_ok:
+        if not self.status.ack_ok:
             self._log.info("batch acknowledged again after a failure")
-        self.status.redis_ok = True
-        if self.status.apply_ok:
+            self.status.ack_ok = True
+        if self.status.apply_ok and self.status.redis_ok:
             self.status.last_error = None
         self._record(good, dead, time.perf_counter() - started)
 
@@ -428,7 +444,9 @@ class GroupReader:
         return applied
 
     def _failed(self, what: str, exc: BaseException, *, acknowledging: bool = False) -> bool:
-        if what == "apply":
+        if acknowledging:  # until the XACK works: a successful read in between says nothing
+            self.status.ack_ok = False
+        elif what == "apply":
             self.status.apply_ok = False
         else:
             self.status.redis_ok = False
