@@ -135,9 +135,15 @@ def _payload(raw: bytes) -> bytes:
 _TYPES: dict[type, bytes] = {}  # event class -> its type tag, as the records carry it
 
 
+class _Unfit(Exception):
+    """A row that records cannot carry: the batch goes row by row."""
+
+
 def _record(entry: Entry, payload: bytes) -> bytes:
     """One event_log row as a record (see _LOG_RECORDS)."""
     ms, seq = split_entry_id(entry.entry_id)
+    if ms > INT64_MAX or seq > INT64_MAX:  # an explicit XADD id; SQLite's CAST would clamp it
+        raise _Unfit(entry.entry_id)
     ev = entry.event
     kind = _TYPES.get(type(ev))
     if kind is None:
@@ -191,8 +197,12 @@ def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
 def log_rows(entries: Sequence[Entry]) -> LogRows:
     """The event_log rows of a batch (for `Store.apply_batch`, which builds them otherwise)."""
     payloads = [_payload(e.raw) for e in entries]
-    cut = [_record(e, p) for e, p in zip(entries, payloads, strict=True)] if _cuttable(entries) \
-        else None
+    cut: list[bytes] | None = None
+    if _cuttable(entries):
+        try:
+            cut = [_record(e, p) for e, p in zip(entries, payloads, strict=True)]
+        except _Unfit:
+            cut = None
     return _log_rows(entries, payloads, cut)
 
 
@@ -206,14 +216,18 @@ async def log_rows_sliced(entries: Sequence[Entry]) -> LogRows:
         more = [_payload(e.raw) for e in part]
         payloads += more
         if cut is not None:
-            cut += [_record(e, p) for e, p in zip(part, more, strict=True)]
+            try:
+                cut += [_record(e, p) for e, p in zip(part, more, strict=True)]
+            except _Unfit:
+                cut = None
         await asyncio.sleep(0)
     return _log_rows(entries, payloads, cut)
 
 
 def _cuttable(entries: Sequence[Entry]) -> bool:
-    """Can records carry these rows? 20 digits hold any entry ms and seq (below 2^64) and
-    any valid ts; a ts that bypassed validation goes row by row, and fails there."""
+    """Can records carry these rows? 20 digits hold any valid ts; one that bypassed
+    validation goes row by row, and fails there (as does an entry id above 2^63-1, which
+    `_record` refuses: SQLite stores no such INTEGER)."""
     return JSON_ROWS and all(0 <= e.event.ts <= INT64_MAX for e in entries)
 
 
@@ -396,10 +410,12 @@ class Store:
         self._conn = conn
         self.path = path
         self._busy_timeout_ms = 30_000
-        # a small batch's COMMIT (its fsync) on the event loop's thread too: for a loop of
-        # its own (`wks worker`), where waiting for the disk holds up nothing else and the
-        # trip to the connection's thread and back cost ~0.7 ms of a ~2 ms publish-to-
-        # committed latency at 1,000 events/s. Off where the HTTP API shares the loop.
+        # a small batch's COMMIT (its fsync) on the event loop's thread too: for a worker's
+        # loop, where the other services (backups, retention) work in seconds and the trip
+        # to the connection's thread and back cost ~0.7 ms of a ~2 ms publish-to-committed
+        # latency at 1,000 events/s. The COMMIT that crosses wal_autocheckpoint then runs
+        # the checkpoint there too (tens of ms, every ~40 MiB of log). Off where the HTTP
+        # API shares the loop.
         self.commit_small_on_loop = False
 
     @classmethod

@@ -153,3 +153,19 @@ async def test_rows_built_ahead_in_slices_are_the_same() -> None:
     entries = [e for batch in _batches() for e in batch]
     assert len(entries) > 2 * ev.DECODE_SLICE
     assert await store_module.log_rows_sliced(entries) == store_module.log_rows(entries)
+
+
+async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_path: Path) -> None:
+    """Redis takes explicit ids up to 2^64-1; entry_ms is a 64-bit INTEGER. Such an entry
+    fails its batch (the reader then dead-letters it alone), never stored with a clamped id."""
+    event = ev.WorkflowCompleted(execution_id="far", ts=1)
+    far = StreamEntry(f"{2**63}-0", event, encode(event))
+    assert store_module.log_rows([far]).records is None  # row by row, where SQLite refuses it
+    async with await Store.open(tmp_path / "far.db") as store:
+        with pytest.raises(OverflowError):
+            await store.apply_batch([far] * 100)  # over _INLINE_MAX: the threaded path
+        assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
+        near = StreamEntry(f"{2**63 - 1}-{2**63 - 1}", event, encode(event))
+        await store.apply_batch([near])
+        assert await store.fetchall("SELECT entry_ms, entry_seq FROM event_log") == [
+            (2**63 - 1, 2**63 - 1)]
