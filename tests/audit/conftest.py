@@ -32,7 +32,7 @@ def wks(
 
     async def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = await asyncio.to_thread(main, list(argv))
+        code = await asyncio.to_thread(main, list(argv), tune_gc=False)  # the session's GC
         out, err = capsys.readouterr()
         return code, out, err
 

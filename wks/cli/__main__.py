@@ -43,7 +43,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, tune_gc: bool = True) -> int:
+    """Run one command; `tune_gc=False` leaves the collector alone (a caller's own process,
+    such as a test session, keeps its settings)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wks: bad setting {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
-    if args.command in LONG_RUNNING:
+    if tune_gc and args.command in LONG_RUNNING:
         collector.tune()
     try:
         return int(args.func(args, settings) or 0)
