@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from consumers.mirror import MirrorWriter
+from wks.batch_rows import LogRows, log_rows_sliced
 from wks.events import StreamEntry, WorkflowEvent, decode_workflow
 from wks.keys import Keys
 from wks.state import State
-from wks.store import LogRows, Store, log_rows_sliced
+from wks.store import Store
 
 
 class StateHandler:

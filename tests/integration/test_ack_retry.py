@@ -14,10 +14,11 @@ from producers.client import Producer
 from tests.consumers import stored_states
 from tests.helpers import wait_for
 from tests.workload import as_dicts, reference, workload
+from wks.batch_rows import LogRows
 from wks.config import Settings
 from wks.events import StreamEntry, WorkflowEvent
 from wks.keys import GROUP_STATE
-from wks.store import LogRows, Store
+from wks.store import Store
 
 
 class Counting:

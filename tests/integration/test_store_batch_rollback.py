@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_for
-from wks import store as store_module
+from wks import batch_rows
 from wks.errors import StoreError
 from wks.events import StreamEntry, WorkflowStarted, encode
 from wks.state import State
@@ -54,7 +54,7 @@ async def test_a_failing_write_stores_nothing(
 ) -> None:
     """The event_log insert fails, also after SQLite has rolled the transaction back itself
     (disk full, I/O error): the upsert queued behind it must not commit on its own."""
-    real_log = store_module._log
+    real_log = batch_rows.write_log
 
     def failing_log(db: sqlite3.Connection, logs: object) -> None:
         real_log(db, logs)  # type: ignore[arg-type]
@@ -63,13 +63,13 @@ async def test_a_failing_write_stores_nothing(
         raise sqlite3.OperationalError("database or disk is full")
 
     async with await Store.open(tmp_path / "s.db") as store:
-        monkeypatch.setattr(store_module, "_log", failing_log)
+        monkeypatch.setattr(batch_rows, "write_log", failing_log)
         with pytest.raises(StoreError):
             await store.apply_batch(_entries(size))
         await wait_for(lambda: not store.conn.in_transaction, 5, "the rollback")
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
         assert await store.scalar("SELECT COUNT(*) FROM executions") == 0
-        monkeypatch.setattr(store_module, "_log", real_log)
+        monkeypatch.setattr(batch_rows, "write_log", real_log)
         await store.apply_batch(_entries(size))
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == size
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.workload import workload
+from wks import batch_rows
 from wks import events as ev
-from wks import store as store_module
 from wks.events import StreamEntry, encode
 from wks.store import Store
 
 pytestmark = pytest.mark.skipif(
-    not store_module.JSON_ROWS, reason=f"SQLite {sqlite3.sqlite_version} has no ->> operator")
+    not batch_rows.JSON_ROWS, reason=f"SQLite {sqlite3.sqlite_version} has no ->> operator")
 
 _AWKWARD = 'quote " backslash \\ tab \t newline \n unicode é ✓ 𝄞, a backslash-u0000 text \\u0000'
 # an ignored key may hold bytes that are not UTF-8: the payload is stored with U+FFFD there
@@ -83,9 +83,9 @@ async def _tables(
 async def test_json_rows_and_executemany_store_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     by_json = await _tables(tmp_path / "json.db")
-    monkeypatch.setattr(store_module, "JSON_ROWS", False)
+    monkeypatch.setattr(batch_rows, "JSON_ROWS", False)
     by_rows = await _tables(tmp_path / "rows.db")
     assert by_json == by_rows
     assert len(by_json["executions"]) == 304
@@ -129,7 +129,7 @@ async def test_values_over_sqlite_length_limit_go_row_by_row(
     batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(events[:50])],
                [StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(events[50:])]]
 
-    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     small = await _tables(tmp_path / "small.db", batches, 256 * 1024)
     assert small == await _tables(tmp_path / "default.db", batches)
     assert len(small["event_log"]) == 100
@@ -139,7 +139,7 @@ async def test_small_batches_committed_on_the_loop_store_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`wks worker` commits small batches on the event loop's thread: same rows, committed."""
-    monkeypatch.setattr(store_module, "now_ms", lambda: 1_763_900_000_000)
+    monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     entries = [e for batch in _batches() for e in batch]
     small = [entries[i:i + 40] for i in range(0, len(entries), 40)]
     on_loop = await _tables(tmp_path / "loop.db", small, commit_on_loop=True)
@@ -152,7 +152,7 @@ async def test_rows_built_ahead_in_slices_are_the_same() -> None:
     """What the reader builds ahead, a slice at a time, is what apply_batch would build."""
     entries = [e for batch in _batches() for e in batch]
     assert len(entries) > 2 * ev.DECODE_SLICE
-    assert await store_module.log_rows_sliced(entries) == store_module.log_rows(entries)
+    assert await batch_rows.log_rows_sliced(entries) == batch_rows.log_rows(entries)
 
 
 async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_pat
     fails its batch (the reader then dead-letters it alone), never stored with a clamped id."""
     event = ev.WorkflowCompleted(execution_id="far", ts=1)
     far = StreamEntry(f"{2**63}-0", event, encode(event))
-    assert store_module.log_rows([far]).records is None  # row by row, where SQLite refuses it
+    assert batch_rows.log_rows([far]).records is None  # row by row, where SQLite refuses it
     async with await Store.open(tmp_path / "far.db") as store:
         with pytest.raises(OverflowError):
             await store.apply_batch([far] * 100)  # over _INLINE_MAX: the threaded path
