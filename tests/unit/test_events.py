@@ -79,6 +79,10 @@ class TestBadEvents:
             (raw(**started(executionId="has space")), "executionId"),
             (raw(**started(executionId="x" * 129)), "executionId"),
             (raw(**started(executionId="")), "executionId"),
+            (raw(**started(executionId="a b")), "executionId"),
+            (raw(**started(executionId="é")), "executionId"),
+            (raw(**started(executionId="x\n")), "executionId"),  # re's `$` let this one by
+            (raw(**started(workflowId="w/1")), "workflowId"),
             (raw(**started(eventId="e" * 65)), "eventId"),
             (raw(**started(data=[1, 2])), "data"),
             (raw(type="workflow.progress", executionId="e", completedSteps=-1, ts=1),
