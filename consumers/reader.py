@@ -181,8 +181,10 @@ class GroupReader:
                 if batch:
                     inflight_batch = batch
                     inflight = asyncio.create_task(self._process(batch, stop, decoded))
-                elif self.burst and await self._acked() and await self._drained_guarded():
-                    break
+                elif self.burst:
+                    await self._acked()  # drained means acknowledged too
+                    if await self._drained_guarded():
+                        break
                 await self._maybe_stats()
         finally:
             if inflight is not None:
@@ -190,8 +192,7 @@ class GroupReader:
                 ok = await asyncio.shield(inflight)
                 if not ok and not stop.is_set():
                     await self._retry(inflight_batch, stop)
-            if self._acking is not None:
-                await asyncio.shield(self._acking)
+            await self._acked()
             metrics.CONSUMER_UP.labels(self.group).set(0)
 
     async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
@@ -224,11 +225,11 @@ class GroupReader:
                 raise
         return []
 
-    async def _acked(self) -> bool:
-        """Wait for the acknowledgement in flight (burst mode: drained means acknowledged)."""
+    async def _acked(self) -> None:
+        """Wait for the acknowledgement in flight, if any. Shielded: cancelling the waiter
+        (a batch, the loop) must not cancel a committed batch's XACK."""
         if self._acking is not None:
             await asyncio.shield(self._acking)
-        return True
 
     async def _drained_guarded(self) -> bool:
         try:
@@ -373,10 +374,7 @@ class GroupReader:
         self.status.apply_ok = self.status.redis_ok = True
         if self.status.ack_ok:
             self.status.last_error = None
-        if self._acking is not None:
-            # one acknowledgement in flight at a time; shielded: cancelling this batch must
-            # not cancel the previous batch's XACK
-            await asyncio.shield(self._acking)
+        await self._acked()  # one acknowledgement in flight at a time
         self._acking = asyncio.create_task(self._acknowledge(batch, good, dead, started, stop))
         return True
 
