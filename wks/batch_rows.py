@@ -170,13 +170,8 @@ def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
 
 def log_rows(entries: Sequence[Entry]) -> LogRows:
     """The event_log rows of a batch (for `Store.apply_batch`, which builds them otherwise)."""
-    payloads = [_payload(e.raw) for e in entries]
-    cut: list[bytes] | None = None
-    if _cuttable(entries):
-        try:
-            cut = [_record(e, p) for e, p in zip(entries, payloads, strict=True)]
-        except _Unfit:
-            cut = None
+    payloads: list[bytes] = []
+    cut = _add(entries, payloads, [] if _cuttable(entries) else None)
     return _log_rows(entries, payloads, cut)
 
 
@@ -186,16 +181,23 @@ async def log_rows_sliced(entries: Sequence[Entry]) -> LogRows:
     payloads: list[bytes] = []
     cut: list[bytes] | None = [] if _cuttable(entries) else None
     for start in range(0, len(entries), DECODE_SLICE):
-        part = entries[start:start + DECODE_SLICE]
-        more = [_payload(e.raw) for e in part]
-        payloads += more
-        if cut is not None:
-            try:
-                cut += [_record(e, p) for e, p in zip(part, more, strict=True)]
-            except _Unfit:
-                cut = None
+        cut = _add(entries[start:start + DECODE_SLICE], payloads, cut)
         await asyncio.sleep(0)
     return _log_rows(entries, payloads, cut)
+
+
+def _add(part: Sequence[Entry], payloads: list[bytes], cut: list[bytes] | None
+         ) -> list[bytes] | None:
+    """Append `part`'s payloads, and its records to `cut`; None once a row does not fit."""
+    more = [_payload(e.raw) for e in part]
+    payloads += more
+    if cut is None:
+        return None
+    try:
+        cut += [_record(e, p) for e, p in zip(part, more, strict=True)]
+    except _Unfit:
+        return None
+    return cut
 
 
 def _cuttable(entries: Sequence[Entry]) -> bool:
@@ -211,7 +213,7 @@ def _log_rows(entries: Sequence[Entry], payloads: list[bytes], cut: list[bytes] 
     records: bytes | None = None
     offsets = "[]"
     if cut is not None:
-        offsets = _json.encode([at for at, _ in _spans(cut)][:len(cut)]).decode()
+        offsets = _json.encode([at for at, _ in _spans(cut)]).decode()
         records = b"".join(cut)
     aliases = [
         (e.entry_id, e.event.execution_id, e.key, e.event.execution_id, e.key, e.entry_id)
