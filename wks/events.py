@@ -203,8 +203,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     except msgspec.ValidationError as exc:
         raise BadEventError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
+        if "UTF-8" in str(exc):  # msgspec 0.23 on: its own error, without a position
+            raise BadEventError(f"not JSON: a string is not UTF-8 ({exc})") from None
         raise BadEventError(f"not JSON: {exc}") from None
-    except UnicodeDecodeError as exc:  # a string that is not UTF-8: JSON text must be
+    except UnicodeDecodeError as exc:  # before msgspec 0.23: JSON text must be UTF-8
         raise BadEventError(f"not JSON: a string is not UTF-8 ({exc.reason} at byte "
                             f"{exc.start} of the string)") from None
     _check_ids(event)
