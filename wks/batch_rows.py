@@ -58,34 +58,39 @@ def _json_columns(n: int) -> str:
 _UPSERT_JSON = _UPSERT_ROWS.format(
     rows=f"SELECT {_json_columns(12)}, substr(?2, value->>12, value->>13)"
     " FROM json_each(?1) WHERE true")  # WHERE: tells ON CONFLICT from a join's ON
-# The event_log rows travel as records in one BLOB, cut with substr: a row's fields read
-# with ->> cost SQLite ~3.2 us a row (each row's JSON text is parsed again), cut from a
-# record ~1.9 us; the only JSON left is the records' offsets. A record is a fixed-width
-# ASCII head, then the row's strings as UTF-8:
-#   entry ms, entry seq, ts: 20 digits each (at 0, 20, 40);
-#   where entry_id, event_id, execution_id, type and payload end, counted from the record's
-#   start: 7 digits each (at 60, 67, 74, 81, 88); "1" if there is an event_id (at 95);
-#   the strings from 96 on.
-_HEAD = 96
+# The event_log rows travel as fixed-width records in one BLOB, and their payloads in a
+# second, both cut with substr; the only JSON left is where each payload starts (json_each's
+# `value`; its `key`, the row's index, finds the record). Every field SQLite reads costs it
+# a function call or two: fixed widths spare it reading where each string ends, which took
+# the statement from ~34,000 to ~26,000 instructions a row (callgrind, 60,000 rows with the
+# table's indexes). A record is an ASCII head, then the strings as UTF-8:
+#   entry ms, entry seq, ts: 20 digits each (at 0, 20, 40); the payload's length in bytes:
+#   7 digits (at 60); "1" if the event has an eventId (at 67);
+#   then entry_id, the event's key (its eventId, else the entry id), execution_id and type,
+#   each padded with spaces to the batch's widest (rtrim cuts them off again: none of these
+#   strings holds a space, or its batch goes row by row).
+# Parameters: ?1 the payloads' starts (JSON), ?2 the records, ?3 a record's width, ?4-?7 where
+# its four strings start, ?8 the payloads, ?9 applied_at.
+_HEAD = 68
+_PAD = b" "
+_AT = "(key * ?3 + 1)"  # where the row's record starts in ?2, counted from 1 as substr does
 
 
 def _field(at: int, width: int) -> str:
-    return f"CAST(substr(?2, value + {at}, {width}) AS INTEGER)"
+    return f"CAST(substr(?2, {_AT} + {at}, {width}) AS INTEGER)"
 
 
 def _text(start: str, end: str) -> str:
-    return f"CAST(substr(?2, value + {start}, {end} - {start}) AS TEXT)"
+    return f"rtrim(substr(?2, {_AT} + {start}, {end} - {start}))"
 
 
-_ENDS = [_field(60 + 7 * i, 7) for i in range(5)]
-_ENTRY_ID = _text(str(_HEAD), _ENDS[0])
-_EVENT_ID = _text(_ENDS[0], _ENDS[1])
+_ENTRY_ID, _KEY, _EXECUTION_ID, _TYPE = (
+    _text(f"?{4 + i}", f"?{5 + i}" if i < 3 else "?3") for i in range(4))
 _LOG_RECORDS = _LOG_ROWS.format(rows=(
     f"SELECT {_ENTRY_ID}, {_field(0, 20)}, {_field(20, 20)},"
-    f" CASE substr(?2, value + 95, 1) WHEN x'31' THEN {_EVENT_ID} END,"
-    f" CASE substr(?2, value + 95, 1) WHEN x'31' THEN {_EVENT_ID} ELSE {_ENTRY_ID} END,"
-    f" {_text(_ENDS[1], _ENDS[2])}, {_text(_ENDS[2], _ENDS[3])}, {_field(40, 20)},"
-    f" {_text(_ENDS[3], _ENDS[4])}, ?3 FROM json_each(?1)"))
+    f" CASE substr(?2, {_AT} + 67, 1) WHEN x'31' THEN {_KEY} END, {_KEY},"
+    f" {_EXECUTION_ID}, {_TYPE}, {_field(40, 20)},"
+    f" CAST(substr(?8, value, {_field(60, 7)}) AS TEXT), ?9 FROM json_each(?1)"))
 
 # only for entries with a producer eventId: those are the ones a resend can duplicate
 _ALIAS = """
@@ -110,34 +115,37 @@ def _payload(raw: bytes) -> bytes:
 
 
 _TYPES: dict[type, bytes] = {}  # event class -> its type tag, as the records carry it
+_PAYLOAD_MAX = 9_999_999  # what 7 digits hold (entries are far smaller: maxEventBytes)
+
+# a row before padding: its record's head, then entry_id, key, execution_id and type
+_Fields = tuple[bytes, bytes, bytes, bytes, bytes]
 
 
 class _Unfit(Exception):
     """A row that records cannot carry: the batch goes row by row."""
 
 
-def _record(entry: Entry, payload: bytes) -> bytes:
-    """One event_log row as a record (see _LOG_RECORDS). The entry id's digits are copied,
-    not parsed and formatted again: the event loop builds 20,000 of these per batch."""
+def _fields(entry: Entry, payload: bytes) -> _Fields:
+    """One event_log row's parts of a record (see _LOG_RECORDS). The entry id's digits are
+    copied, not parsed and formatted again: the event loop builds 20,000 of these a batch."""
     ev = entry.event
     entry_id = entry.entry_id.encode()
     ms, _, seq = entry_id.partition(b"-")
     if len(ms) > 18 or len(seq) > 18:  # maybe above 2^63-1, which SQLite's CAST would clamp
         raise _Unfit(entry.entry_id)
+    if len(payload) > _PAYLOAD_MAX:
+        raise _Unfit(entry.entry_id)
     kind = _TYPES.get(type(ev))
     if kind is None:
         kind = _TYPES[type(ev)] = event_type(ev).encode()
-    event_id = b"" if ev.event_id is None else ev.event_id.encode()
-    execution_id = ev.execution_id.encode()
-    e0 = _HEAD + len(entry_id)
-    e1 = e0 + len(event_id)
-    e2 = e1 + len(execution_id)
-    e3 = e2 + len(kind)
-    return b"".join((
-        ms.zfill(20), (seq or b"0").zfill(20),
-        b"%020d%07d%07d%07d%07d%07d%s" % (ev.ts, e0, e1, e2, e3, e3 + len(payload),
-                                          b"0" if ev.event_id is None else b"1"),
-        entry_id, event_id, execution_id, kind, payload))
+    if ev.event_id is None:
+        key, flag = entry_id, b"0"
+    elif ev.event_id:
+        key, flag = ev.event_id.encode(), b"1"
+    else:  # an empty eventId (it bypassed validation) is no key: stored as given, row by row
+        raise _Unfit(entry.entry_id)
+    head = b"%s%s%020d%07d%s" % (ms.zfill(20), (seq or b"0").zfill(20), ev.ts, len(payload), flag)
+    return head, entry_id, key, ev.execution_id.encode(), kind
 
 
 @dataclass(slots=True)
@@ -148,7 +156,9 @@ class LogRows:
     entries: Sequence[Entry]
     payloads: list[bytes]
     records: bytes | None  # None: row by row
-    offsets: str  # JSON array: where each record starts, counted from 1
+    layout: tuple[int, ...]  # a record's width, where its four strings start (?3-?7)
+    offsets: str  # JSON array: where each payload starts in `joined`, counted from 1
+    joined: bytes  # the payloads, one after the other
     aliases: list[tuple[Any, ...]]
 
     def rows(self, applied_at: int) -> list[tuple[Any, ...]]:
@@ -168,10 +178,42 @@ def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
     return zip(itertools.accumulate(sizes, initial=1), sizes, strict=False)  # one start more
 
 
+class _Cut:
+    """Records being built: the rows' parts, then the batch's widths, then the padded rows."""
+
+    def __init__(self) -> None:
+        self.parts: list[_Fields] = []
+        self.widths = [0, 0, 0, 0]  # the widest entry_id, key, execution_id, type
+        self.records: list[bytes] = []
+
+    def add(self, part: Sequence[Entry], payloads: list[bytes]) -> None:
+        more = [_fields(e, p) for e, p in zip(part, payloads, strict=True)]
+        if more:
+            _, *strings = zip(*more, strict=True)
+            for i, column in enumerate(strings):
+                if b" " in b"".join(column):  # valid ids have none; the padding is spaces
+                    raise _Unfit("a space")
+                self.widths[i] = max(self.widths[i], *map(len, column))
+        self.parts += more
+
+    def pad(self, start: int, stop: int) -> None:
+        w0, w1, w2, w3 = self.widths
+        self.records += [
+            b"".join((head, a.ljust(w0, _PAD), b.ljust(w1, _PAD), c.ljust(w2, _PAD),
+                      d.ljust(w3, _PAD)))
+            for head, a, b, c, d in self.parts[start:stop]]
+
+    def layout(self) -> tuple[int, ...]:
+        starts = list(itertools.accumulate(self.widths, initial=_HEAD))
+        return (starts[-1], *starts[:-1])
+
+
 def log_rows(entries: Sequence[Entry]) -> LogRows:
     """The event_log rows of a batch (for `Store.apply_batch`, which builds them otherwise)."""
     payloads: list[bytes] = []
-    cut = _add(entries, payloads, [] if _cuttable(entries) else None)
+    cut = _add(entries, payloads, _Cut() if _cuttable(entries) else None)
+    if cut is not None:
+        cut.pad(0, len(entries))
     return _log_rows(entries, payloads, cut)
 
 
@@ -179,22 +221,25 @@ async def log_rows_sliced(entries: Sequence[Entry]) -> LogRows:
     """`log_rows`, yielding to the event loop every DECODE_SLICE entries: built ahead while
     a batch is in SQLite's hands, it must not hold up that batch's next step."""
     payloads: list[bytes] = []
-    cut: list[bytes] | None = [] if _cuttable(entries) else None
+    cut = _Cut() if _cuttable(entries) else None
     for start in range(0, len(entries), DECODE_SLICE):
         cut = _add(entries[start:start + DECODE_SLICE], payloads, cut)
         await asyncio.sleep(0)
+    if cut is not None:
+        for start in range(0, len(entries), DECODE_SLICE):
+            cut.pad(start, start + DECODE_SLICE)
+            await asyncio.sleep(0)
     return _log_rows(entries, payloads, cut)
 
 
-def _add(part: Sequence[Entry], payloads: list[bytes], cut: list[bytes] | None
-         ) -> list[bytes] | None:
-    """Append `part`'s payloads, and its records to `cut`; None once a row does not fit."""
+def _add(part: Sequence[Entry], payloads: list[bytes], cut: _Cut | None) -> _Cut | None:
+    """Append `part`'s payloads, and its rows' parts to `cut`; None once a row does not fit."""
     more = [_payload(e.raw) for e in part]
     payloads += more
     if cut is None:
         return None
     try:
-        cut += [_record(e, p) for e, p in zip(part, more, strict=True)]
+        cut.add(part, more)
     except _Unfit:
         return None
     return cut
@@ -202,25 +247,28 @@ def _add(part: Sequence[Entry], payloads: list[bytes], cut: list[bytes] | None
 
 def _cuttable(entries: Sequence[Entry]) -> bool:
     """Can records carry these rows? 20 digits hold any valid ts; one that bypassed
-    validation goes row by row, and fails there. (`_record` also leaves entry ids of 19
+    validation goes row by row, and fails there. (`_fields` also leaves entry ids of 19
     digits or more to the row-by-row path, which stores those up to 2^63-1 and refuses the
     rest: SQLite's CAST would clamp them.)"""
     return JSON_ROWS and all(0 <= e.event.ts <= INT64_MAX for e in entries)
 
 
-def _log_rows(entries: Sequence[Entry], payloads: list[bytes], cut: list[bytes] | None
-              ) -> LogRows:
+def _log_rows(entries: Sequence[Entry], payloads: list[bytes], cut: _Cut | None) -> LogRows:
     records: bytes | None = None
+    layout: tuple[int, ...] = ()
     offsets = "[]"
+    joined = b""
     if cut is not None:
-        offsets = _json.encode([at for at, _ in _spans(cut)]).decode()
-        records = b"".join(cut)
+        records = b"".join(cut.records)
+        layout = cut.layout()
+        offsets = _json.encode([at for at, _ in _spans(payloads)]).decode()
+        joined = b"".join(payloads)
     aliases = [
         (e.entry_id, e.event.execution_id, e.key, e.event.execution_id, e.key, e.entry_id)
         for e in entries
         if e.event.event_id is not None
     ]
-    return LogRows(entries, payloads, records, offsets, aliases)
+    return LogRows(entries, payloads, records, layout, offsets, joined, aliases)
 
 
 def _in_transaction(db: sqlite3.Connection) -> None:
@@ -275,10 +323,12 @@ def write_log(db: sqlite3.Connection, logs: LogRows) -> None:
     _in_transaction(db)
     applied_at = now_ms()
     before = db.total_changes
-    if logs.records is None or len(logs.records) > _max_param(db):
+    limit = _max_param(db)
+    if logs.records is None or max(len(logs.records), len(logs.joined)) > limit:
         db.executemany(_LOG, logs.rows(applied_at))
     else:
-        db.execute(_LOG_RECORDS, (logs.offsets, logs.records, applied_at))
+        db.execute(_LOG_RECORDS,
+                   (logs.offsets, logs.records, *logs.layout, logs.joined, applied_at))
     # every entry got its own event_log row: none can be a resend of a logged event, so the
     # alias check (a subquery per entry) is skipped in the common case
     if logs.aliases and db.total_changes - before < len(logs.entries):

@@ -169,3 +169,28 @@ async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_pat
         await store.apply_batch([near])
         assert await store.fetchall("SELECT entry_ms, entry_seq FROM event_log") == [
             (2**63 - 1, 2**63 - 1)]
+
+
+async def test_strings_the_padding_would_change_go_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records pad their strings with spaces, and SQLite trims them off again. Events built
+    in code (past the decoder's id check) may hold a space or an empty eventId: their batch
+    goes row by row and stores them as given; a batch without them goes as records."""
+    plain = [ev.WorkflowProgress(execution_id=f"x{i}", completed_steps=i, ts=i,
+                                 event_id=f"e{i}") for i in range(10)]
+    odd = [ev.WorkflowProgress(execution_id="x ", completed_steps=1, ts=1, event_id="e1 "),
+           ev.WorkflowProgress(execution_id="y", completed_steps=1, ts=2, event_id="")]
+    batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(plain)]]
+    batches += [[StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(odd)]]
+    assert batch_rows.log_rows(batches[0]).records is not None
+    assert batch_rows.log_rows(batches[1][:1]).records is None
+    assert batch_rows.log_rows(batches[1][1:]).records is None
+
+    monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
+    as_records = await _tables(tmp_path / "records.db", batches)
+    monkeypatch.setattr(batch_rows, "JSON_ROWS", False)
+    assert as_records == await _tables(tmp_path / "rows.db", batches)
+    logged = {r[1]: (r[4], r[5], r[6]) for r in as_records["event_log"]}  # entry id: ids
+    assert logged["200-0"] == ("e1 ", "e1 ", "x ")
+    assert logged["201-0"] == ("", "201-0", "y")  # an empty eventId: the entry id is the key
