@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from wks.keys import Keys
+from wks.redis import run_script
 
 # window(zset, limit, window ms, unique member) -> {allowed, remaining, retry ms}
 _WINDOW_FN = """
@@ -81,6 +82,7 @@ class RateLimiter:
     """`limit` requests per `window` seconds per subject."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, limit: int, window: float) -> None:
+        self._redis = redis
         self.keys = keys
         self.limit = limit
         self.window_ms = max(1, int(window * 1000))
@@ -109,10 +111,9 @@ class RateLimiter:
         keys) also turns `combined` off for a minute so callers go straight to two calls.
         """
         try:
-            found, remaining, retry = await self._admit(
-                keys=[session_key, self.keys.ratelimit(sub)],
-                args=[sub, now_ms, ttl, self.limit, self.window_ms, f"{_NODE}-{next(_SEQ)}"],
-            )
+            found, remaining, retry = await run_script(
+                self._redis, self._admit, [session_key, self.keys.ratelimit(sub)],
+                [sub, now_ms, ttl, self.limit, self.window_ms, f"{_NODE}-{next(_SEQ)}"])
         except ResponseError as exc:
             if isinstance(exc, NoPermissionError) or "CROSSSLOT" in str(exc):
                 self._refused_until = time.monotonic() + REFUSED_RETRY

@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from loguru import logger
 
@@ -32,6 +33,12 @@ SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing an 
 _ENTRY_ID = re.compile(oa.ENTRY_ID_PATTERN)
 _BASE = "/api/workflow-state"
 _DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
+_json = msgspec.json.Encoder()
+
+
+def _dumps(body: Any) -> str:
+    """msgspec for the hot read (the same JSON as json.dumps, at a fraction of the cost)."""
+    return _json.encode(body).decode()
 
 
 def _wait_params(query: Any) -> tuple[str | None, float]:
@@ -135,7 +142,7 @@ async def get_state(request: web.Request) -> web.Response:
     state = await queries.state_for(store, principal, execution_id)
     if state is None:
         raise not_found()
-    return web.json_response({"success": True, "state": state})
+    return web.json_response({"success": True, "state": state}, dumps=_dumps)
 
 
 @routes.get(_BASE + "/{executionId}/events")
