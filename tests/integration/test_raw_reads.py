@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -74,9 +76,11 @@ async def test_a_reply_parsed_one_level_deeper_gives_the_same_shape(
     stream, ids = await _stream(r, prefix)
 
     def nested(reply: object, **options: object) -> object:
-        assert isinstance(reply, dict)
+        # the raw reply: a map under RESP3 (redis-py 8's default), a list of pairs under RESP2
+        streams = reply.items() if isinstance(reply, dict) else reply
+        assert isinstance(streams, Iterable)
         return {name: [[(mid, dict(zip(f[::2], f[1::2], strict=True))) for mid, f in entries]]
-                for name, entries in reply.items()}
+                for name, entries in streams}
 
     r.set_response_callback(b"XREADGROUP", nested)
     got = [tuple(e) for e in await read_group(r, "g", "c", stream, count=10)]
