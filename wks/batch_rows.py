@@ -219,7 +219,11 @@ def log_rows(entries: Sequence[Entry]) -> LogRows:
 
 async def log_rows_sliced(entries: Sequence[Entry]) -> LogRows:
     """`log_rows`, yielding to the event loop every DECODE_SLICE entries: built ahead while
-    a batch is in SQLite's hands, it must not hold up that batch's next step."""
+    a batch is in SQLite's hands, it must not hold up that batch's next step. A batch of
+    one slice is built at once: each yield lets the loop's other work in first, and at low
+    rates that work (the batch in hand, its XACK) stood in front of this batch's turn."""
+    if len(entries) <= DECODE_SLICE:
+        return log_rows(entries)
     payloads: list[bytes] = []
     cut = _Cut() if _cuttable(entries) else None
     for start in range(0, len(entries), DECODE_SLICE):
