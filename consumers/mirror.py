@@ -18,7 +18,7 @@ from loguru import logger
 from redis.exceptions import NoScriptError, ResponseError
 
 from wks.keys import Keys
-from wks.redis import scripts_refused
+from wks.redis import run_script, scripts_refused
 from wks.state import TERMINAL, State, mirror_fields
 
 # KEYS[1] = the active set, KEYS[1 + i] = the hash of row i.
@@ -88,7 +88,7 @@ class MirrorWriter:
             calls.append((names, [self.state_ttl_ms, _pack.encode(rows)]))
         if len(calls) == 1:  # the usual small batch: no pipeline object to build
             names, args = calls[0]
-            await self._script(keys=names, args=args)  # NOSCRIPT: redis-py loads, retries
+            await run_script(self.redis, self._script, names, args)  # loads on NOSCRIPT
             return
         for _ in range(2):  # a second time after loading the script (Redis restarted empty)
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -44,7 +44,7 @@ from wks.events import (
     now_ms,
 )
 from wks.keys import EVENT_FIELD, Keys
-from wks.redis import REDIS_DOWN, Backoff, client, scripts_refused, text
+from wks.redis import REDIS_DOWN, Backoff, client, run_script, scripts_refused, text
 
 # KEYS[1] = stream; ARGV[1] = the encoded events as one msgpack array of strings (one
 # argument: redis-py packs each argument in Python, ~1 us apiece). Returns the ids in order.
@@ -199,7 +199,7 @@ class Producer:
         if self.mode == "script":
             try:
                 blob = _pack.encode([p.decode() for p in payloads])  # str: cmsgpack has no bin
-                raw = await self._script(keys=[stream], args=[blob])
+                raw = await run_script(self.redis, self._script, [stream], [blob])
             except ResponseError as exc:
                 if not scripts_refused(exc):
                     raise
