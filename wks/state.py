@@ -206,9 +206,13 @@ def to_state(fold: Fold) -> State:
     )
 
 
-def fold_events(events: Iterable[tuple[WorkflowEvent, str]]) -> dict[str, Fold]:
-    """Fold (event, key) pairs into one Fold per execution."""
-    folds: dict[str, Fold] = {}
+def fold_events(
+    events: Iterable[tuple[WorkflowEvent, str]], folds: dict[str, Fold] | None = None
+) -> dict[str, Fold]:
+    """Fold (event, key) pairs into one Fold per execution; with `folds`, into those (in
+    place: the join with what they held, as `combine` would give), new executions added."""
+    if folds is None:
+        folds = {}
     for event, key in events:
         eid = event.execution_id
         fold = folds.get(eid)

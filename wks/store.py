@@ -28,7 +28,7 @@ from wks.errors import StoreError
 from wks.events import StreamEntry as Entry
 from wks.events import now_ms
 from wks.migrations import MIGRATIONS
-from wks.state import Fold, State, combine, decode_fold, fold_events, to_state
+from wks.state import Fold, State, decode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
 _INLINE_MAX = 64  # batches up to this many entries are written from the loop's thread
@@ -54,13 +54,17 @@ def _statements(script: str) -> list[str]:
 
 
 def _merged(
-    batch: dict[str, Fold], found: list[tuple[str, bytes]]
+    entries: Sequence[Entry], ids: list[str], found: list[tuple[str, bytes]]
 ) -> tuple[list[State], list[tuple[Any, ...]]]:
-    """Combine the batch's folds with the stored ones: the new states and their rows."""
-    for eid, blob in found:
-        batch[eid] = combine(decode_fold(blob), batch[eid])
-    states = [to_state(f) for f in batch.values()]
-    return states, [state_row(s, f) for s, f in zip(states, batch.values(), strict=True)]
+    """The entries' events folded onto the stored folds (`found`; an execution without one
+    starts empty): the new states and their rows, in `ids` order. Folding onto the stored
+    fold is the join `combine` computes, without a batch fold per execution to join first
+    (~5 us an execution, 8,000 of them in a full batch)."""
+    folds = fold_events(((e.event, e.key) for e in entries),
+                        {eid: decode_fold(blob) for eid, blob in found})
+    touched = [folds[eid] for eid in ids]
+    states = [to_state(f) for f in touched]
+    return states, [state_row(s, f) for s, f in zip(states, touched, strict=True)]
 
 
 BeforeCommit = Callable[[list[State]], Awaitable[None]]
@@ -281,15 +285,15 @@ class Store:
         The SQLite work runs in four hops to the connection's thread rather than one per
         statement: begin and load, the event_log insert (the longest, queued right behind the
         load: it needs no merged state), the executions upsert, commit. Meanwhile the event
-        loop folds, merges, and runs `before_commit` (the Redis mirror), so both cores work.
+        loop folds the events onto the loaded state and runs `before_commit` (the Redis
+        mirror), so both cores work.
         The writes are known to have succeeded before COMMIT is queued.
         """
         if not entries:
             return []
-        batch: dict[str, Fold] | None = None
+        ids = list({e.event.execution_id: None for e in entries})  # first seen first
         if len(entries) <= _INLINE_MAX:
-            batch = fold_events((e.event, e.key) for e in entries)
-            states = await self._apply_inline(entries, batch, before_commit, logs)
+            states = await self._apply_inline(entries, ids, before_commit, logs)
             if states is not None:
                 return states
         conn = self._conn
@@ -300,19 +304,13 @@ class Store:
             try:
                 # SQLite's thread gets its work as soon as it can start on it: the load, then
                 # the event_log insert (it needs no merged state; if BEGIN failed it refuses
-                # to run), while this thread folds
-                ids = list(batch) if batch is not None else \
-                    list({e.event.execution_id: None for e in entries})
+                # to run), which it works on while this thread folds onto what was loaded
                 loading = await _queued(conn, _begin_and_load, ids)
                 logging = await _queued(
                     conn, batch_rows.write_log, log_rows(entries) if logs is None else logs)
-                try:
-                    if batch is None:
-                        batch = fold_events((e.event, e.key) for e in entries)
-                finally:
-                    await asyncio.wait([loading])
+                await asyncio.wait([loading])
                 found = loading.result()  # raises if BEGIN failed
-                states, rows = _merged(batch, found)
+                states, rows = _merged(entries, ids, found)
                 write = await _queued(conn, batch_rows.write_states, rows)
                 if before_commit is not None:
                     await before_commit(states)
@@ -334,7 +332,7 @@ class Store:
         return states
 
     async def _apply_inline(
-        self, entries: Sequence[Entry], batch: dict[str, Fold], before_commit: BeforeCommit | None,
+        self, entries: Sequence[Entry], ids: list[str], before_commit: BeforeCommit | None,
         logs: LogRows | None,
     ) -> list[State] | None:
         """A small batch: begin, load and write straight from the event loop's thread.
@@ -354,10 +352,10 @@ class Store:
             if not _begin_now(db, self._busy_timeout_ms):
                 return None
             try:
-                found = _load(db, list(batch))
+                found = _load(db, ids)
                 if logs is None:
                     logs = log_rows(entries)
-                states, rows = _merged(batch, found)
+                states, rows = _merged(entries, ids, found)
                 batch_rows.write_batch(db, rows, logs)
                 if before_commit is not None:
                     await before_commit(states)

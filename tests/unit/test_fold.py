@@ -87,6 +87,21 @@ class TestProperties:
         assert combine(x, y) == combine(y, x)
         assert combine(x, x) == x
 
+    @settings(max_examples=300, deadline=None)
+    @given(events_s, st.integers(0, 40))
+    def test_folding_into_stored_folds_is_their_join(self, events: list[Keyed], i: int) -> None:
+        """What the store does with a batch: fold its events onto the loaded folds (in place,
+        new executions added). It must equal combining the stored folds with the batch's."""
+        stored = fold_events(events[:i])
+        batch = fold_events(events[i:])
+        joined = {eid: combine(stored[eid], f) if eid in stored else f
+                  for eid, f in batch.items()}
+        into = fold_events(events[i:], {eid: msgspec.structs.replace(f, data_w=dict(f.data_w))
+                                        for eid, f in stored.items()})
+        assert {eid: into[eid] for eid in batch} == joined
+        assert {eid: f for eid, f in into.items() if eid not in batch} == {
+            eid: f for eid, f in stored.items() if eid not in batch}  # untouched ones stay
+
     @settings(max_examples=200, deadline=None)
     @given(events_s, keyed_event())
     def test_merge_is_idempotent_and_pure(self, events: list[Keyed], extra: Keyed) -> None:
