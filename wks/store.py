@@ -31,6 +31,7 @@ from wks.migrations import MIGRATIONS
 from wks.state import Fold, State, decode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
+_POINT_PAUSE = 1.0  # seconds without point reads after one failed (see Store._point_read)
 _INLINE_MAX = 64  # batches up to this many entries are written from the loop's thread
 # Entries per fold transaction when a backlog allows (the state group's reads, replay pages).
 # A commit writes every page the batch dirtied, and with executions spread over the indexes
@@ -157,6 +158,7 @@ class Store:
         self._conn = conn
         self.path = path
         self._point: sqlite3.Connection | None = None  # see _point_read
+        self._point_retry_at = 0.0  # monotonic time: no point reads before it
         self._busy_timeout_ms = 30_000
         # a small batch's COMMIT (its fsync) on the event loop's thread too: for a worker's
         # loop, where the other services (backups, retention) work in seconds and the trip
@@ -181,6 +183,7 @@ class Store:
         while True:
             try:
                 await store._set_up(busy_timeout_ms)
+                store._open_point()
                 return store
             except sqlite3.OperationalError as exc:
                 # processes opening a new database at once: SQLite answers BUSY at once,
@@ -384,6 +387,18 @@ class Store:
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
+    def _open_point(self) -> None:
+        """Open `_point_read`'s connection, at start-up beside aiosqlite's so that both read
+        the same file (a path resolved later could name a file put there since)."""
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None)
+            db.execute("PRAGMA busy_timeout = 0")
+        except sqlite3.Error:
+            self._point_retry_at = time.monotonic() + _POINT_PAUSE
+            return
+        self._point = db
+
     def _point_read(self, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
         """A read by key, on the event loop's thread; None: it could not, take the trip.
 
@@ -394,17 +409,25 @@ class Store:
         A connection of its own, read-only and used only from the thread that opened it, so
         nothing races aiosqlite's. It never waits for a lock: a WAL reader seldom must, and
         then the trip's connection waits instead. Any error also takes the trip, which
-        raises it as the store's other reads do.
+        raises it as the store's other reads do, and drops this connection: a new one is
+        opened on the first read after a pause, so one that broke (closed, used from
+        another thread, an I/O error) does not cost every read a failed try.
         """
         db = self._point
-        try:
+        if db is None:
+            if time.monotonic() < self._point_retry_at:
+                return None
+            self._open_point()
+            db = self._point
             if db is None:
-                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                     isolation_level=None)
-                db.execute("PRAGMA busy_timeout = 0")
-                self._point = db
+                return None
+        try:
             return db.execute(sql, params).fetchall()
         except sqlite3.Error:
+            self._point = None
+            self._point_retry_at = time.monotonic() + _POINT_PAUSE
+            with contextlib.suppress(sqlite3.Error):  # another thread's: GC closes it
+                db.close()
             return None
 
     async def _read_by_key(self, sql: str, params: tuple[Any, ...]) -> list[Any]:

@@ -45,5 +45,10 @@ async def test_a_read_that_cannot_run_on_the_loop_takes_the_trip(tmp_path: Path)
         state = await store.get_state("y")  # answered by the aiosqlite connection
         assert state is not None
         assert state.status == "completed"
+        assert store._point is None  # the broken one is dropped, not tried on every read
         assert await store.entry_applied("1-0")
+        assert store._point is None  # during the pause
+        store._point_retry_at = 0.0  # the pause is over
+        assert await store.entry_applied("1-0")
+        assert store._point is not None  # opened again
     assert store._point is None  # closed with the store
