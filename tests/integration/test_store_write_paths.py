@@ -35,7 +35,7 @@ def _batches() -> list[list[StreamEntry]]:
         ev.WorkflowFailed(execution_id="odd", error=_AWKWARD, ts=2, event_id="odd-1"),
         ev.WorkflowProgress(execution_id="nul", completed_steps=1, current_step=_NUL, ts=3),
         # an eventId of several UTF-8 lengths, and a NUL: the event_log records cut it by bytes
-        ev.WorkflowProgress(execution_id="odd", completed_steps=1, ts=4, event_id="é✓𝄞 \x00 id"),
+        ev.WorkflowProgress(execution_id="odd", completed_steps=1, ts=4, event_id="é✓𝄞\x00id"),
         ev.WorkflowCompleted(execution_id="big", ts=ev.INT64_MAX, event_id="big-0"),
     ]
     rnd.shuffle(events)
@@ -83,13 +83,15 @@ async def _tables(
 async def test_json_rows_and_executemany_store_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    multibyte = next(b for b in _batches() if any(e.event.event_id == "é✓𝄞\x00id" for e in b))
+    assert batch_rows.log_rows(multibyte).records is not None  # it went as records
     monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     by_json = await _tables(tmp_path / "json.db")
     monkeypatch.setattr(batch_rows, "JSON_ROWS", False)
     by_rows = await _tables(tmp_path / "rows.db")
     assert by_json == by_rows
     assert len(by_json["executions"]) == 304
-    assert "é✓𝄞 \x00 id" in {r[4] for r in by_json["event_log"]}  # event_id
+    assert "é✓𝄞\x00id" in {r[4] for r in by_json["event_log"]}  # event_id
     assert by_json["event_alias"], "the resends made aliases"
     odd = next(r for r in by_json["executions"] if r[0] == "odd")
     assert odd[5] == 2**40  # total_steps

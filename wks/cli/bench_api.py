@@ -65,7 +65,7 @@ async def api_phase(
         sys.executable, "-m", "wks.cli", "api", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
-    http = _Http(port, token)
+    http = _Http(port, token, limit=concurrency * 2)
     try:
         await _until_up(http, server)
         await _saturate(http, ids, min(1.0, seconds), concurrency)  # warm-up
@@ -90,17 +90,23 @@ async def api_phase(
 
 
 class _Http:
-    """GETs over a pool of keep-alive HTTP/1.1 connections to the server (the lean client)."""
+    """GETs over a pool of keep-alive HTTP/1.1 connections to the server (the lean client),
+    at most `limit` at once (as aiohttp's connector limit did): a read that finds none free
+    waits for one instead of opening more."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, limit: int = 32) -> None:
         self.port = port
         self._auth = f"Authorization: Bearer {token}\r\n".encode()
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(limit)
 
     async def get(self, path: str) -> int:
         """The response's status; the body is read and dropped."""
-        reader, writer = self._idle.pop() if self._idle else \
-            await asyncio.open_connection("127.0.0.1", self.port)
+        async with self._slots:
+            return await self._get(path)
+
+    async def _get(self, path: str) -> int:
+        reader, writer = await self._connection()
         try:
             writer.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
                          % (path.encode(), self._auth))
@@ -115,6 +121,14 @@ class _Http:
         else:
             self._idle.append((reader, writer))
         return int(head[9:12])
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if not reader.at_eof():  # the server closes connections idle past its keep-alive
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection("127.0.0.1", self.port)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
