@@ -130,7 +130,7 @@ class Acknowledger:
         args.append(" ".join(i for i in ids if i not in dead_ids) if dead_ids else " ".join(ids))
         keys = [self.stream, self.keys.dead_stream] if dead else [self.stream]
         assert self._script is not None
-        await run_script(self.redis, self._script, keys, args)
+        await run_script(self._script, keys, args)
         for raw, reason in dead:
             self.log.bind(entry_id=raw.entry_id).warning("dead letter: {}", reason)
 

@@ -88,7 +88,7 @@ class MirrorWriter:
             calls.append((names, [self.state_ttl_ms, _pack.encode(rows)]))
         if len(calls) == 1:  # the usual small batch: no pipeline object to build
             names, args = calls[0]
-            await run_script(self.redis, self._script, names, args)  # loads on NOSCRIPT
+            await run_script(self._script, names, args)  # loads on NOSCRIPT
             return
         for _ in range(2):  # a second time after loading the script (Redis restarted empty)
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -199,7 +199,7 @@ class Producer:
         if self.mode == "script":
             try:
                 blob = _pack.encode([p.decode() for p in payloads])  # str: cmsgpack has no bin
-                raw = await run_script(self.redis, self._script, [stream], [blob])
+                raw = await run_script(self._script, [stream], [blob])
             except ResponseError as exc:
                 if not scripts_refused(exc):
                     raise

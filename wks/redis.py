@@ -116,12 +116,12 @@ class ReadSize:
         self.entry_bytes = max(64, total // len(sample))
 
 
-async def run_script(
-    r: aioredis.Redis, script: AsyncScript, keys: list[Any], args: list[Any]
-) -> Any:
+async def run_script(script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
     """`script(keys=..., args=...)` without redis-py's Script wrapper, ~20-30 us a call on
-    the API's per-request session check: EVALSHA straight through execute_command, and on
-    NOSCRIPT (a Redis restarted empty) the script loaded and the call made again."""
+    the API's per-request session check: EVALSHA straight through execute_command on the
+    client the script was registered with, and on NOSCRIPT (a Redis restarted empty) the
+    script loaded and the call made again."""
+    r = script.registered_client
     try:
         return await r.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     except NoScriptError:

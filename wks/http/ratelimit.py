@@ -82,7 +82,6 @@ class RateLimiter:
     """`limit` requests per `window` seconds per subject."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, limit: int, window: float) -> None:
-        self._redis = redis
         self.keys = keys
         self.limit = limit
         self.window_ms = max(1, int(window * 1000))
@@ -112,7 +111,7 @@ class RateLimiter:
         """
         try:
             found, remaining, retry = await run_script(
-                self._redis, self._admit, [session_key, self.keys.ratelimit(sub)],
+                self._admit, [session_key, self.keys.ratelimit(sub)],
                 [sub, now_ms, ttl, self.limit, self.window_ms, f"{_NODE}-{next(_SEQ)}"])
         except ResponseError as exc:
             if isinstance(exc, NoPermissionError) or "CROSSSLOT" in str(exc):
