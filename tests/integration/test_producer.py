@@ -139,3 +139,23 @@ class TestOfflineBuffer:
         with pytest.raises(RedisUnavailable, match="unreachable"):
             await Producer(r, settings.keys, buffer_size=0).completed("y", ts=1)
         await r.aclose()
+
+
+async def test_paced_publish_sends_a_tick_of_events_per_call(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """At 20,000 events/s the load generator sends what 1 ms holds (20 events) per call,
+    not an event or two per wake-up, and publishes every event once, in order."""
+    from producers.loadgen import plan
+    from producers.loadgen import publish as publish_load
+
+    p = Producer(r, settings.keys, buffer_size=0)
+    events = list(plan(1000, 50, seed=3, run="paced"))
+    sizes: list[int] = []
+    result = await publish_load(p, events, rate=20_000,
+                                on_sent=lambda chunk, ids, t: sizes.append(len(chunk)))
+    assert result.count == 1000
+    assert sum(sizes) == 1000
+    assert min(sizes[:-1]) >= 20, sizes  # the last call takes what is left
+    got = await stream_events(r, settings.keys.workflow_stream)
+    assert [e.event_id for e in got] == [e.event_id for e in events]
