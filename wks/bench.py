@@ -111,15 +111,17 @@ class Report:
             add("fold events/s (2 processes)", d.get("fold2_eps"),
                 f"ratio {rat.get('fold2_vs_fold')}x, state equal: {d.get('fold2_correct')}")
         add("replay events/s", d.get("replay_eps"), f"ratio {rat.get('replay_vs_fold')}x fold")
-        for lat in d.get("latencies", []):
+        naive_lat = base.get("naive_latencies", [])
+        vs_naive = rat.get("latencies_p99_vs_naive", [])
+        for i, lat in enumerate(d.get("latencies", [])):
             add(f"publish->applied @ {lat['rate']:,.0f}/s",
                 f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p999']} ms",
                 f"{lat['samples']} samples")
-        nl = base.get("naive_latency_ms")
-        if nl:
-            add(f"  naive consumer @ {nl['rate']:,.0f}/s",
-                f"p50 {nl['p50']} ms  p99 {nl['p99']} ms  p99.9 {nl['p999']} ms",
-                f"ratio p99 {rat.get('latency_p99_vs_naive')}x")
+            if i < len(naive_lat):
+                nl = naive_lat[i]
+                add(f"  naive consumer @ {nl['rate']:,.0f}/s",
+                    f"p50 {nl['p50']} ms  p99 {nl['p99']} ms  p99.9 {nl['p999']} ms",
+                    f"ratio p99 {vs_naive[i] if i < len(vs_naive) else None}x")
         floor = d.get("sqlite_commit_ms")
         if floor:
             add("  bare SQLite FULL commit", f"p50 {floor['p50']} ms  p99 {floor['p99']} ms",

@@ -57,6 +57,11 @@ def test_bench_json_has_every_figure_and_cleans_up(redis_url: str, tmp_path: Pat
     naive = out["baseline"]["naive_latency_ms"]
     assert naive["rate"] == 400
     assert naive["samples"] == 200
+    # the naive ruler at every rate, each phase seeing only its own events
+    assert [(x["rate"], x["samples"]) for x in out["baseline"]["naive_latencies"]] == [
+        (400, 200), (800, 400)]
+    assert [x["samples"] for x in out["latencies"]] == [200, 400]
+    assert len(out["ratios"]["latencies_p99_vs_naive"]) == 2
     assert out["sqlite_commit_ms"]["p50"] > 0
 
     versions = out["versions"]

@@ -8,7 +8,8 @@
 (3) replay: `wks.replay.fold_range` of the same stream into a fresh store.
 (4) latency: events published at a fixed rate while the state consumer runs; the latency of
     an event is from just before its publish call to the moment `StateHandler.apply` returns
-    for its batch, i.e. after the SQLite COMMIT (both clocks in this process).
+    for its batch, i.e. after the SQLite COMMIT (both clocks in this process). At each rate
+    the naive consumer is measured the same way right after, as the ruler.
 """
 
 from __future__ import annotations
@@ -304,8 +305,9 @@ async def latency_phase(
 ) -> dict[str, Any]:
     """Publish at `rate` for `seconds` while a consumer runs; publish -> committed.
 
-    The consumer is the real state consumer, or with `naive` the issue's naive loop (its own
-    group, created at the stream's end, and its own file): the ruler for the same rate.
+    The consumer is the real state consumer (the fold's file, a group of its own created at
+    the stream's end), or with `naive` the issue's naive loop (likewise, and its own file):
+    the ruler for the same rate, run right after it.
     """
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -339,9 +341,11 @@ async def latency_phase(
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(progress.close)
+        # a group of its own from the stream's end: no backlog from an earlier phase
+        group = "naive-latency" if naive else "state-latency"
+        await b.redis.xgroup_create(b.keys.workflow_stream, group, id="$", mkstream=True)
+        stack.push_async_callback(b.redis.xgroup_destroy, b.keys.workflow_stream, group)
         if naive:
-            group = "naive-latency"
-            await b.redis.xgroup_create(b.keys.workflow_stream, group, id="$")
             conn = _naive_db(b.workdir / "naive-latency.db")
             stack.callback(conn.close)
             consumer = _naive_loop(
@@ -351,7 +355,7 @@ async def latency_phase(
             store = await Store.open(b.workdir / "state.db")
             stack.push_async_callback(store.close)
             consumer = state_reader(
-                b, store, GROUP_STATE,
+                b, store, group,
                 lambda items, at: committed([i.entry_id for i in items], at), burst=False,
             ).run(stop)
         async with asyncio.TaskGroup() as tg:
