@@ -156,16 +156,20 @@ class Producer:
             ids: list[str] = []
             pending: asyncio.Future[list[str]] | None = None
             try:
-                for start in range(0, len(events), _BATCH):
-                    # encoding this chunk overlaps with Redis appending the previous one;
-                    # a chunk is sent only once the previous one is in, so order holds
-                    payloads = [encode(e) for e in events[start:start + _BATCH]]
+                if len(events) <= _BATCH:  # one call or none: no task, no turn of the loop
+                    if events:
+                        ids = await self._append(target, [encode(e) for e in events])
+                else:
+                    for start in range(0, len(events), _BATCH):
+                        # encoding this chunk overlaps with Redis appending the previous one;
+                        # a chunk is sent only once the previous one is in, so order holds
+                        payloads = [encode(e) for e in events[start:start + _BATCH]]
+                        if pending is not None:
+                            ids.extend(await pending)
+                        pending = asyncio.ensure_future(self._append(target, payloads))
+                        await asyncio.sleep(0)  # let it go out before the next is encoded
                     if pending is not None:
                         ids.extend(await pending)
-                    pending = asyncio.ensure_future(self._append(target, payloads))
-                    await asyncio.sleep(0)  # let it go out before the next chunk is encoded
-                if pending is not None:
-                    ids.extend(await pending)
                 metrics.REDIS_UP.set(1)
             except REDIS_DOWN as exc:
                 metrics.REDIS_ERRORS.labels("producer").inc()
