@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from producers.client import Producer
 from tests.helpers import wait_for
@@ -68,10 +69,12 @@ async def test_track_emits_failed_on_exception(settings: Settings, r: aioredis.R
     assert "ZeroDivisionError" in last.error
 
 
+@pytest.mark.parametrize("count", [3, 2500])
 async def test_falls_back_to_pipeline_when_scripts_are_denied(
-    settings: Settings, redis_factory: object
+    settings: Settings, redis_factory: object, count: int
 ) -> None:
-    """Where an ACL forbids EVAL, the producer switches to pipelined XADD and says so."""
+    """Where an ACL forbids EVAL, the producer switches to pipelined XADD and says so
+    (one chunk, or several sent on one connection before any reply is read)."""
     server = redis_factory(appendonly=False)  # type: ignore[operator]
     admin = aioredis.Redis.from_url(server.url)
     await admin.execute_command(
@@ -80,11 +83,12 @@ async def test_falls_back_to_pipeline_when_scripts_are_denied(
         f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
     p = Producer(limited, settings.keys)
     ids = await p.publish_many(
-        [ev.WorkflowCompleted(execution_id="s", ts=i) for i in range(3)])
+        [ev.WorkflowCompleted(execution_id="s", ts=i) for i in range(count)])
     assert ids is not None
-    assert len(ids) == 3
     assert p.mode == "pipeline"
-    assert await admin.xlen(settings.keys.workflow_stream) == 3
+    entries = await admin.xrange(settings.keys.workflow_stream)
+    assert [i.decode() for i, _ in entries] == ids
+    assert [ev.decode_workflow(f[b"event"]).ts for _, f in entries] == list(range(count))
     await limited.aclose()
     await admin.aclose()
 
@@ -159,3 +163,38 @@ async def test_paced_publish_sends_a_tick_of_events_per_call(
     assert min(sizes[:-1]) >= 20, sizes  # the last call takes what is left
     got = await stream_events(r, settings.keys.workflow_stream)
     assert [e.event_id for e in got] == [e.event_id for e in events]
+
+
+async def test_chunks_sent_ahead_survive_a_flushed_script_cache(
+    settings: Settings, r: aioredis.Redis
+) -> None:
+    """A publish of several chunks sends the next one before reading the previous one's
+    ids; with the script cache flushed (a Redis restarted empty) every chunk still lands,
+    in order, each id returned once."""
+    p = Producer(r, settings.keys)
+    await p.publish(ev.WorkflowProgress(execution_id="w", completed_steps=0, ts=0))
+    await r.script_flush()
+    batch = [ev.WorkflowProgress(execution_id="e", completed_steps=i, ts=i) for i in range(3500)]
+    ids = await p.publish_many(batch)
+    assert p.mode == "script"
+    entries = await r.xrange(settings.keys.workflow_stream)
+    assert [i.decode() for i, _ in entries[1:]] == ids
+    assert [e.completed_steps for e in await stream_events(r, settings.keys.workflow_stream)][1:] \
+        == list(range(3500))
+
+
+async def test_a_failed_chunk_leaves_no_reply_behind(settings: Settings, r: aioredis.Redis) -> None:
+    """A chunk refused by Redis (the key is not a stream) fails the publish; the reply of the
+    chunk sent behind it is not left on the connection for the next caller to read."""
+    p = Producer(r, settings.keys, buffer_size=0)
+    wrong = settings.keys.workflow_stream + ":not-a-stream"
+    await r.set(wrong, "x")
+    batch = [ev.WorkflowProgress(execution_id="f", completed_steps=i, ts=i) for i in range(2500)]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await p.publish_many(batch, wrong)
+    for _ in range(3):  # every pooled connection answers its own commands
+        ids = await p.publish_many(batch[:1500])
+        assert ids is not None
+        assert await r.xrange(settings.keys.workflow_stream, min=ids[0], max=ids[0])
+        assert len(ids) == len(set(ids)) == 1500
+    assert await r.get(wrong) == b"x"
