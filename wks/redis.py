@@ -25,6 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wks.resp import Mux, mux_of
+
 # what "Redis is unreachable or restarting" looks like from redis-py
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -63,9 +65,14 @@ async def read_group(
 ) -> list[Any]:
     """XREADGROUP ... STREAMS stream >, as pairs (entry id, [field, value, ...])."""
     args: list[object] = ["GROUP", group, consumer, "COUNT", count]
+    mux = mux_of(r)
     if block_ms is not None:
         args += ["BLOCK", block_ms]
-    reply = await r.execute_command(_XREADGROUP, *args, "STREAMS", stream, ">")
+        mux = None  # a blocking read would hold up every call behind it on the mux
+    if mux is not None:
+        reply = await mux.call(_XREADGROUP, *args, "STREAMS", stream, ">")
+    else:
+        reply = await r.execute_command(_XREADGROUP, *args, "STREAMS", stream, ">")
     if not reply:
         return []
     return _flat(next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1])  # RESP3
@@ -117,16 +124,18 @@ class ReadSize:
 
 
 async def run_script(script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-    """`script(keys=..., args=...)` without redis-py's Script wrapper, ~20-30 us a call on
-    the API's per-request session check: EVALSHA straight through execute_command on the
-    client the script was registered with, and on NOSCRIPT (a Redis restarted empty) the
+    """`script(keys=..., args=...)` without redis-py's Script wrapper: EVALSHA on the lean
+    connection of the client the script was registered with (`wks.resp`; redis-py's
+    `execute_command` where there is none), and on NOSCRIPT (a Redis restarted empty) the
     script loaded and the call made again."""
     r = script.registered_client
+    mux = mux_of(r)
+    call = r.execute_command if mux is None else mux.call
     try:
-        return await r.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await call("EVALSHA", script.sha, len(keys), *keys, *args)
     except NoScriptError:
-        script.sha = await r.script_load(script.script)
-        return await r.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        script.sha = text(await call("SCRIPT", "LOAD", script.script))
+        return await call("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def fields_dict(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -140,9 +149,29 @@ def is_loading(exc: BaseException) -> bool:
     return "LOADING" in str(exc)
 
 
-def client(url: str, *, timeout: float = 15.0) -> aioredis.Redis:
+class Client(aioredis.Redis):
+    """redis-py's asyncio client, plus `mux`: a lean connection for the hot paths' short
+    calls (`wks.resp`), opened on first use and closed with the client."""
+
+    _mux: Mux | None = None
+    _mux_known = False
+
+    @property
+    def mux(self) -> Mux | None:
+        """None where the connection is not plain TCP: callers use redis-py then."""
+        if not self._mux_known:
+            self._mux, self._mux_known = Mux.of(self), True
+        return self._mux
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self._mux is not None:
+            self._mux.close()
+        await super().aclose(close_connection_pool)
+
+
+def client(url: str, *, timeout: float = 15.0) -> Client:
     """An asyncio client (hiredis parser when installed). Bytes in, bytes out."""
-    return aioredis.Redis.from_url(
+    return Client.from_url(
         url,
         socket_connect_timeout=2.0,
         socket_timeout=timeout,  # longer than any XREADGROUP BLOCK we issue

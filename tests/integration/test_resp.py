@@ -1,0 +1,207 @@
+"""The lean connection (`wks.resp.Mux`) against real servers: order, errors, set-up,
+restarts, timeouts, cancellation, and the clients that cannot use it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wks.redis import REDIS_DOWN, RedisServer, client, free_port, read_group, run_script
+from wks.resp import Mux, pack
+
+pytestmark = pytest.mark.both_redis
+
+
+def test_pack_writes_resp_bulk_strings() -> None:
+    assert pack(("SET", b"k", 12, 1.5)) == (
+        b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$3\r\n1.5\r\n")
+    with pytest.raises(TypeError, match="NoneType"):
+        pack(("GET", None))
+
+
+async def test_calls_in_flight_are_answered_in_order(redis_url: str, prefix: str) -> None:
+    """500 calls sent before any reply is read: each gets its own reply."""
+    r = client(redis_url)
+    mux = r.mux
+    assert mux is not None
+    key = f"{prefix}:counter"
+    try:
+        replies = await asyncio.gather(*[mux.call("INCR", key) for _ in range(500)])
+        assert replies == list(range(1, 501))
+        assert await mux.call("GET", key) == b"500"
+        assert await mux.call("HSET", f"{prefix}:h", "a", 1, "b", b"\x00\xff") == 2
+        assert await mux.call("HGETALL", f"{prefix}:h") == [b"a", b"1", b"b", b"\x00\xff"]
+    finally:
+        await r.delete(key, f"{prefix}:h")
+        await r.aclose()
+
+
+async def test_error_replies_are_redis_py_exceptions(redis_url: str, prefix: str) -> None:
+    """Error replies raise what redis-py raises, and the connection stays in step."""
+    r = client(redis_url)
+    mux = r.mux
+    assert mux is not None
+    key = f"{prefix}:s"
+    try:
+        await mux.call("SET", key, "x")
+        with pytest.raises(NoScriptError):
+            await mux.call("EVALSHA", "0" * 40, 0)
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await mux.call("XADD", key, "*", "f", "v")
+        assert await mux.call("GET", key) == b"x"
+    finally:
+        await r.delete(key)
+        await r.aclose()
+
+
+async def test_run_script_loads_a_flushed_script_on_the_lean_connection(
+    redis_url: str,
+) -> None:
+    r = client(redis_url)
+    script = r.register_script("return {KEYS[1], ARGV[1]}")
+    try:
+        assert await run_script(script, ["k"], ["a"]) == [b"k", b"a"]
+        await r.script_flush()
+        assert await run_script(script, ["k"], ["b"]) == [b"k", b"b"]
+    finally:
+        await r.aclose()
+
+
+async def test_user_password_and_database(
+    redis_factory: Callable[..., RedisServer], prefix: str
+) -> None:
+    """AUTH with an ACL user and SELECT of the URL's database come before the first call;
+    a wrong password is redis-py's AuthenticationError (a ConnectionError, so: Redis down)."""
+    server = redis_factory(appendonly=False)
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all")
+    r = client(f"redis://app:pw@127.0.0.1:{server.port}/2")
+    bad = client(f"redis://app:nope@127.0.0.1:{server.port}/0")
+    try:
+        assert r.mux is not None
+        await r.mux.call("SET", f"{prefix}:db", "two")
+        await admin.execute_command("SELECT", 2)
+        assert await admin.get(f"{prefix}:db") == b"two"
+        assert bad.mux is not None
+        with pytest.raises(AuthenticationError):
+            await bad.mux.call("PING")
+        assert issubclass(AuthenticationError, REDIS_DOWN)
+    finally:
+        await r.aclose()
+        await bad.aclose()
+        await admin.aclose()
+
+
+async def test_a_restarted_server_is_reconnected_to(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """The connection dies with its server; the next call goes out on a new one."""
+    server = redis_factory(appendonly=False)
+    r = client(server.url)
+    try:
+        assert r.mux is not None
+        assert await r.mux.call("PING") == b"PONG"
+        server.stop()
+        with pytest.raises(REDIS_DOWN):
+            await r.mux.call("PING")
+        server.start()
+        assert await r.mux.call("PING") == b"PONG"
+    finally:
+        await r.aclose()
+
+
+async def test_no_server_is_a_connection_error() -> None:
+    mux = Mux("127.0.0.1", free_port(), connect_timeout=1.0)
+    with pytest.raises(RedisConnectionError, match="Error connecting"):
+        await mux.call("PING")
+
+
+async def test_a_late_reply_is_a_timeout_and_the_next_call_works(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """A server that stops answering: the waiting call fails with redis-py's TimeoutError
+    after the socket timeout, and once it answers again a new connection serves."""
+    server = redis_factory(appendonly=False)
+    mux = Mux("127.0.0.1", server.port, timeout=0.3)
+    try:
+        assert await mux.call("PING") == b"PONG"
+        server.pause()
+        try:
+            with pytest.raises(RedisTimeoutError, match="no reply"):
+                await mux.call("PING")
+        finally:
+            server.resume()
+        assert await mux.call("ECHO", "back") == b"back"
+    finally:
+        mux.close()
+
+
+async def test_a_cancelled_call_does_not_shift_the_replies(
+    redis_factory: Callable[..., RedisServer], prefix: str
+) -> None:
+    """A caller that gives up leaves its reply to be dropped, not handed to the next."""
+    server = redis_factory(appendonly=False)
+    mux = Mux("127.0.0.1", server.port)
+    try:
+        await mux.call("SET", f"{prefix}:a", "A")
+        server.pause()
+        try:
+            waiting = asyncio.ensure_future(mux.call("GET", f"{prefix}:a"))
+            await asyncio.sleep(0)  # one turn: the task sends it
+            link: Any = mux._link
+            assert len(link.pending) == 1
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            server.resume()
+        assert await mux.call("ECHO", "mine") == b"mine"
+        assert mux._link is link  # the same connection, still in step
+        assert not link.closed
+    finally:
+        mux.close()
+
+
+async def test_non_blocking_reads_use_it_and_blocking_reads_do_not(
+    redis_url: str, prefix: str
+) -> None:
+    """XREADGROUP without BLOCK goes over the lean connection, in the raw shape."""
+    r = client(redis_url)
+    stream = f"{prefix}:stream"
+    try:
+        await r.xgroup_create(stream, "g", id="0", mkstream=True)
+        await r.xadd(stream, {"event": b"{}"})
+        got = await read_group(r, "g", "c", stream, count=10)
+        assert [fields for _, fields in got] == [[b"event", b"{}"]]
+        assert await read_group(r, "g", "c", stream, count=10, block_ms=10) == []
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+
+
+@pytest.mark.parametrize("url", ["unix:///tmp/wks-none.sock", "rediss://127.0.0.1:6390/0"])
+def test_clients_it_cannot_follow_get_none(url: str) -> None:
+    """TLS and unix sockets stay on redis-py."""
+    assert client(url).mux is None
+
+
+async def test_closing_the_client_closes_it(redis_url: str) -> None:
+    r = client(redis_url)
+    mux = r.mux
+    assert mux is not None
+    await mux.call("PING")
+    link: Any = mux._link
+    await r.aclose()
+    await asyncio.sleep(0)  # the transport reports the close on the loop's next turn
+    assert link.closed
