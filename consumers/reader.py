@@ -36,6 +36,7 @@ from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
 from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
+from wks.resp import Mux, mux_of
 from wks.stream_stats import group_stats
 
 
@@ -139,6 +140,10 @@ class GroupReader:
         self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
         self._acking: asyncio.Task[None] | None = None  # the last committed batch's XACK
+        # the blocking reads' own lean connection (wks.resp): a batch's read cost ~150 us
+        # of the loop's CPU through redis-py, paid per batch, and at low rates a batch is
+        # an event or two; None where the client has none (redis-py reads then)
+        self._reads = Mux.of(redis) if mux_of(redis) is not None else None
 
     # -- group lifecycle ----------------------------------------------------------------------
 
@@ -193,6 +198,8 @@ class GroupReader:
                 if not ok and not stop.is_set():
                     await self._retry(inflight_batch, stop)
             await self._acked()
+            if self._reads is not None:
+                self._reads.close()
             metrics.CONSUMER_UP.labels(self.group).set(0)
 
     async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
@@ -267,7 +274,8 @@ class GroupReader:
                 return claimed
             self._last_claim = now
         read = await read_group(self.redis, self.group, self.consumer, self.stream,
-                                count=self._size.count, block_ms=self.block_ms)
+                                count=self._size.count, block_ms=self.block_ms,
+                                blocking=self._reads)
         self._size.saw(read)
         return _entries(read)
 

@@ -61,14 +61,17 @@ _XRANGE = b"XRANGE"
 
 async def read_group(
     r: aioredis.Redis, group: str, consumer: str, stream: str, *, count: int,
-    block_ms: int | None = None,
+    block_ms: int | None = None, blocking: Mux | None = None,
 ) -> list[Any]:
-    """XREADGROUP ... STREAMS stream >, as pairs (entry id, [field, value, ...])."""
+    """XREADGROUP ... STREAMS stream >, as pairs (entry id, [field, value, ...]).
+
+    A blocking read goes over `blocking`, a Mux that nothing else uses (its reader's own),
+    else through redis-py; one that does not block, over the client's shared Mux."""
     args: list[object] = ["GROUP", group, consumer, "COUNT", count]
     mux = mux_of(r)
     if block_ms is not None:
         args += ["BLOCK", block_ms]
-        mux = None  # a blocking read would hold up every call behind it on the mux
+        mux = blocking  # on the shared Mux it would hold up every call behind it
     if mux is not None:
         reply = await mux.call(_XREADGROUP, *args, "STREAMS", stream, ">")
     else:

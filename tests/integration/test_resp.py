@@ -17,6 +17,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tests.helpers import wait_for
 from wks.redis import REDIS_DOWN, RedisServer, client, free_port, read_group, run_script
 from wks.resp import Mux, pack
 
@@ -205,3 +206,44 @@ async def test_closing_the_client_closes_it(redis_url: str) -> None:
     await r.aclose()
     await asyncio.sleep(0)  # the transport reports the close on the loop's next turn
     assert link.closed
+
+
+async def test_a_reader_blocks_on_its_own_connection(
+    settings: Any, redis_url: str, tmp_path: Any
+) -> None:
+    """While a consumer waits in XREADGROUP BLOCK, the client's shared lean connection
+    still answers at once (the blocking read has a connection of its own), and an event
+    published meanwhile is read by that blocked read and folded."""
+    from producers.client import Producer
+    from tests.consumers import state_reader
+    from wks.store import Store
+
+    r = client(redis_url)
+    admin = aioredis.Redis.from_url(redis_url)
+    stop = asyncio.Event()
+    try:
+        async with await Store.open(tmp_path / "mux.db") as store:
+            reader = state_reader(settings, r, store, burst=False, block_ms=5000)
+            task = asyncio.create_task(reader.run(stop))
+
+            async def blocked() -> bool:
+                clients = await admin.client_list()
+                return any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+                           for c in clients)
+
+            await wait_for(blocked, what="the reader blocked in XREADGROUP")
+            assert r.mux is not None
+            async with asyncio.timeout(2):  # not held up behind the 5 s BLOCK
+                assert await r.mux.call("PING") == b"PONG"
+            await Producer(r, settings.keys).completed("mux-1", ts=5)
+            await wait_for(lambda: reader.status.applied == 1, what="the event folded")
+            state = await store.get_state("mux-1")
+            assert state is not None
+            assert state.status == "completed"
+            stop.set()
+            await wait_for(blocked, what="the reader blocked again")
+            await Producer(r, settings.keys).completed("mux-2", ts=6)  # ends the wait
+            await task
+    finally:
+        await r.aclose()
+        await admin.aclose()
