@@ -12,6 +12,8 @@ managed services) it falls back to the MULTI pipeline and says so once.
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
@@ -19,6 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from wks.keys import Keys
 from wks.redis import run_script, scripts_refused
+from wks.resp import mux_of
 from wks.state import TERMINAL, State, mirror_fields
 
 # KEYS[1] = the active set, KEYS[1 + i] = the hash of row i.
@@ -74,9 +77,10 @@ class MirrorWriter:
             await self._write_pipeline(states[start:start + _CHUNK])
 
     async def _write_script(self, states: list[State]) -> None:
-        """Every chunk's script call in one pipeline: one round trip for the batch. Awaited
-        chunk by chunk, each reply waited for a turn of an event loop busy reading and
-        decoding the next batch, and the batch's COMMIT waited for the last of them."""
+        """Every chunk's script call sent at once: on the client's lean connection, or in
+        one pipeline. Awaited chunk by chunk, each reply waited for a turn of an event loop
+        busy reading and decoding the next batch, and the batch's COMMIT waited for the last
+        of them."""
         keys = self.keys
         calls: list[tuple[list[object], list[object]]] = []  # (keys, args) per script call
         for start in range(0, len(states), _CHUNK):
@@ -89,6 +93,9 @@ class MirrorWriter:
         if len(calls) == 1:  # the usual small batch: no pipeline object to build
             names, args = calls[0]
             await run_script(self._script, names, args)  # loads on NOSCRIPT
+            return
+        if mux_of(self.redis) is not None:  # all in flight on the one lean connection
+            await asyncio.gather(*(run_script(self._script, n, a) for n, a in calls))
             return
         for _ in range(2):  # a second time after loading the script (Redis restarted empty)
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -48,7 +48,8 @@ def pack(args: tuple[Any, ...]) -> bytes:
     """One command in RESP: an array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
     for value in args:
-        data = _arg(value)
+        kind = value.__class__
+        data = value if kind is bytes else value.encode() if kind is str else _arg(value)
         out += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(out)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
+import pytest
 import redis.asyncio as aioredis
 
 from consumers.mirror import _CHUNK, MirrorWriter
 from tests.workload import workload
 from wks.keys import Keys
+from wks.redis import client
 from wks.state import TERMINAL, fold_events, mirror_fields, to_state
 
 
@@ -50,13 +53,15 @@ async def test_script_and_pipeline_write_the_same_mirror(r: aioredis.Redis, pref
     assert fields == {k.encode(): v.encode() for k, v in mirror_fields(first).items()}
 
 
+@pytest.mark.parametrize("make", [aioredis.Redis.from_url, client], ids=["redis-py", "lean"])
 async def test_a_batch_of_many_chunks_after_a_script_flush(
-    redis_factory: object, prefix: str
+    redis_factory: object, prefix: str, make: Callable[[str], aioredis.Redis]
 ) -> None:
-    """A batch over several script calls (sent in one pipeline) is written whole, also when
-    Redis no longer knows the script (restarted empty, SCRIPT FLUSH): loaded, then sent again."""
+    """A batch over several script calls (sent at once: in one pipeline, or on the lean
+    connection) is written whole, also when Redis no longer knows the script (restarted
+    empty, SCRIPT FLUSH): loaded, then sent again."""
     server = redis_factory(appendonly=False)  # type: ignore[operator]
-    r = aioredis.Redis.from_url(server.url)
+    r = make(server.url)
     try:
         events = workload(3000, 1200, random.Random(4))
         folds = fold_events([(e, e.event_id or f"0-{i}") for i, e in enumerate(events)])
