@@ -95,7 +95,12 @@ class MirrorWriter:
             await run_script(self._script, names, args)  # loads on NOSCRIPT
             return
         if mux_of(self.redis) is not None:  # all in flight on the one lean connection
-            await asyncio.gather(*(run_script(self._script, n, a) for n, a in calls))
+            # every call answered before the batch goes on (or rolls back): none outlives it
+            replies = await asyncio.gather(
+                *(run_script(self._script, n, a) for n, a in calls), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
             return
         for _ in range(2):  # a second time after loading the script (Redis restarted empty)
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -192,15 +192,17 @@ class GroupReader:
                         break
                 await self._maybe_stats()
         finally:
-            if inflight is not None:
-                # finish and acknowledge the batch in hand even if we are being cancelled
-                ok = await asyncio.shield(inflight)
-                if not ok and not stop.is_set():
-                    await self._retry(inflight_batch, stop)
-            await self._acked()
             if self._reads is not None:
-                self._reads.close()
-            metrics.CONSUMER_UP.labels(self.group).set(0)
+                self._reads.close()  # nothing more is read
+            try:
+                if inflight is not None:
+                    # finish and acknowledge the batch in hand even if we are being cancelled
+                    ok = await asyncio.shield(inflight)
+                    if not ok and not stop.is_set():
+                        await self._retry(inflight_batch, stop)
+                await self._acked()
+            finally:
+                metrics.CONSUMER_UP.labels(self.group).set(0)
 
     async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():

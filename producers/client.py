@@ -214,7 +214,14 @@ class Producer:
         ids of every chunk appended so far, also when a later one fails.
 
         EVAL, not EVALSHA: a NOSCRIPT reply to one chunk would come after the next chunk had
-        been sent. Redis hashes the ~200-byte body and runs its cached script."""
+        been sent. Redis hashes the ~200-byte body and runs its cached script.
+
+        With two chunks in flight, a lost connection leaves both unconfirmed (up to 2,000
+        events): publish_many buffers and resends them, and the consumers fold a resent
+        event once (its eventId). A chunk refused with an error reply (WRONGTYPE, OOM,
+        scripts denied) is followed by the reply to the chunk sent behind it, which is read
+        too: every write Redis refused for one chunk it refuses for the next, and should the
+        next one have been appended all the same, that is logged."""
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         sent = 0  # chunks sent whose replies are not read yet
@@ -231,8 +238,19 @@ class Producer:
                 ids.extend(text(i) for i in await conn.read_response())
                 sent -= 1
         except ResponseError as exc:
-            if sent > 1:  # the reply of the chunk behind the one that failed is still unread
-                await conn.disconnect()
+            if sent > 1:  # the chunk sent behind the refused one: read its reply too
+                try:
+                    behind = [text(i) for i in await conn.read_response()]
+                except ResponseError:
+                    pass  # refused as well, as expected
+                except BaseException:
+                    await conn.disconnect()
+                    raise
+                else:
+                    logger.error("a chunk of {} events was appended after the chunk before "
+                                 "it was refused ({}): a retry may repeat them out of order "
+                                 "(consumers fold each eventId once); ids {}..{}",
+                                 len(behind), exc, behind[0], behind[-1])
             if not scripts_refused(exc):
                 raise
             logger.warning("batch script refused ({}); falling back to pipelined XADD", exc)

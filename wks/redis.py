@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wks.resp import Mux, mux_of
@@ -38,10 +38,15 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
 
 def scripts_refused(exc: ResponseError) -> bool:
     """Scripting disabled or denied (an ACL without +@scripting, some managed services):
-    callers fall back to plain commands. redis-py strips the NOPERM prefix into the class."""
+    callers fall back to plain commands. redis-py strips the NOPERM prefix into the class.
+    A full memory (OOM: "command not allowed when used memory > 'maxmemory'") or a failing
+    disk (MISCONF: "... commands that may modify the data set are disabled") refuses every
+    write, scripted or not: those are retried, not a reason to stop using scripts."""
     if isinstance(exc, NoPermissionError):
         return True
     text = str(exc).lower()
+    if isinstance(exc, OutOfMemoryError) or "maxmemory" in text or "misconf" in text:
+        return False
     return any(s in text for s in ("noperm", "unknown command", "disabled", "not allowed"))
 
 
@@ -73,7 +78,15 @@ async def read_group(
         args += ["BLOCK", block_ms]
         mux = blocking  # on the shared Mux it would hold up every call behind it
     if mux is not None:
-        reply = await mux.call(_XREADGROUP, *args, "STREAMS", stream, ">")
+        try:
+            reply = await mux.call(_XREADGROUP, *args, "STREAMS", stream, ">")
+        except BaseException:
+            if mux is blocking:
+                # a read given up on (cancelled, timed out) would still take entries
+                # arriving while it blocks, for a reply nobody reads: the connection goes,
+                # and with it the blocked read (redis-py drops its connection likewise)
+                blocking.close()
+            raise
     else:
         reply = await r.execute_command(_XREADGROUP, *args, "STREAMS", stream, ">")
     if not reply:

@@ -14,8 +14,9 @@ TLS, unix sockets or a credential provider `Mux.of` returns None and callers use
 Errors look like redis-py's: error replies go through its parser's table (NoScriptError,
 NoPermissionError, ...); a lost connection is its ConnectionError, a reply later than the
 socket timeout its TimeoutError (the connection is dropped). A call on a connection that
-turns out to be dead (a Redis restarted since) is sent once more on a new one, as
-redis-py's retry does.
+turns out to be dead (a Redis restarted since) is sent once more on a new one (redis-py
+retries a failed call too, up to three times with backoff); an error reply never drops the
+connection, even one redis-py counts as a connection error (LOADING, NOAUTH).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -37,11 +39,11 @@ def _arg(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value).encode()
     if isinstance(value, memoryview | bytearray):
         return bytes(value)
-    raise TypeError(f"cannot send {type(value).__name__} to Redis")
+    raise DataError(f"cannot send {type(value).__name__} to Redis (as redis-py refuses it)")
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
@@ -54,6 +56,10 @@ def pack(args: tuple[Any, ...]) -> bytes:
     return b"".join(out)
 
 
+class _Closed(RedisConnectionError):
+    """The Mux was closed by its owner: a call that fails with this is not sent again."""
+
+
 class _Link(asyncio.Protocol):
     """One connection: calls go out in order, replies resolve them in order."""
 
@@ -64,7 +70,6 @@ class _Link(asyncio.Protocol):
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._error: Exception | None = None  # what the pending calls fail with on close
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,7 +99,7 @@ class _Link(asyncio.Protocol):
                 else:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply unasked for
-            self.fail(RedisConnectionError(f"bad reply from Redis: {exc}"))
+            self.fail(RedisConnectionError, f"bad reply from Redis: {exc}")
 
     def _check(self) -> None:
         """The oldest call waited longer than the socket timeout: drop the link."""
@@ -104,28 +109,28 @@ class _Link(asyncio.Protocol):
         assert self.timeout is not None
         waited = self.loop.time() - self.pending[0][1]
         if waited >= self.timeout:
-            self.fail(RedisTimeoutError(f"no reply from Redis in {self.timeout:g} s"))
+            self.fail(RedisTimeoutError, f"no reply from Redis in {self.timeout:g} s")
         else:
             self._timer = self.loop.call_later(self.timeout - waited, self._check)
 
-    def fail(self, error: Exception) -> None:
-        self._error = error
-        if self.transport is not None:
-            self.transport.abort()  # connection_lost fails what is pending
-        else:
-            self.connection_lost(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        error = self._error or RedisConnectionError(
-            f"connection to Redis lost{f': {exc}' if exc else ''}")
+    def fail(self, kind: type[Exception], message: str) -> None:
+        """Close the link now: every call waiting on it fails with `kind`, at once, and
+        nothing more is sent on it."""
+        if not self.closed:
+            self.closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.transport is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: GC closes it
+                    self.transport.abort()
         while self.pending:
             future = self.pending.popleft()[0]
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(kind(message))  # one each: tracebacks stay apart
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError, f"connection to Redis lost{f': {exc}' if exc else ''}")
 
 
 class Mux:
@@ -145,6 +150,7 @@ class Mux:
         self.timeout = timeout
         self._link: _Link | None = None
         self._opening: asyncio.Future[_Link] | None = None
+        self._generation = 0  # bumped by close(): a connection opened before is dropped
 
     @classmethod
     def of(cls, r: aioredis.Redis) -> Mux | None:
@@ -167,54 +173,70 @@ class Mux:
             link = await self._connect()
         try:
             return await link.send(args)
+        except _Closed:
+            raise
         except RedisConnectionError:
+            if not link.closed:
+                raise  # an error reply redis-py counts as one (LOADING, NOAUTH): not the link
             # the link died (a Redis restarted, a dropped connection): once more on a new
-            # one, as redis-py retries; like there, a call that ran but whose reply was lost
-            # runs twice, which every caller here tolerates (idempotent, or deduplicated)
+            # one, as redis-py retries a failed call; like there, a call that ran but whose
+            # reply was lost runs twice, which every caller here tolerates (idempotent, or
+            # recognised by its eventId)
             link = await self._connect()
             return await link.send(args)
 
     def close(self) -> None:
+        """Drop the connection (and one being opened); calls waiting on it fail. A later
+        call opens a new one."""
+        self._generation += 1
         link, self._link = self._link, None
-        if link is None or link.closed or link.transport is None:
-            return
-        with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits on it
-            link.fail(RedisConnectionError("connection to Redis closed"))
+        if link is not None:
+            link.fail(_Closed, "connection to Redis closed")
 
     async def _connect(self) -> _Link:
-        if self._opening is None or self._opening.get_loop() is not asyncio.get_running_loop():
-            self._opening = asyncio.ensure_future(self._open())
+        loop = asyncio.get_running_loop()
+        link = self._link
+        if link is not None and not link.closed and link.loop is loop:
+            return link  # another caller has opened it meanwhile
         opening = self._opening
-        try:
-            return await asyncio.shield(opening)
-        finally:
-            if opening.done() and self._opening is opening:
-                self._opening = None
+        if opening is None or opening.done() or opening.get_loop() is not loop:
+            opening = self._opening = asyncio.ensure_future(self._open())
+            # retrieved even when every caller waiting for it was cancelled
+            opening.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(opening)
 
     async def _open(self) -> _Link:
-        if self._link is not None:
-            self.close()
+        generation = self._generation
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, link = await loop.create_connection(
-                    lambda: _Link(self.timeout), self.host, self.port)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(
-                f"Error connecting to {self.host}:{self.port}: {exc or 'timed out'}") from exc
         setup: list[tuple[Any, ...]] = []
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username
                          else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
+        link: _Link | None = None
         try:
-            for args in setup:
-                await link.send(args)
+            async with asyncio.timeout(self.connect_timeout):
+                _, link = await loop.create_connection(
+                    lambda: _Link(self.timeout), self.host, self.port)
+                for args in setup:
+                    await link.send(args)
+        except (OSError, TimeoutError) as exc:
+            if link is not None:
+                link.fail(RedisConnectionError, "connection set-up failed")
+            raise RedisConnectionError(
+                f"Error connecting to {self.host}:{self.port}: {str(exc) or 'timed out'}"
+            ) from exc
         except BaseException:
-            link.fail(RedisConnectionError("connection set-up failed"))
+            if link is not None:
+                link.fail(RedisConnectionError, "connection set-up failed")
             raise
-        self._link = link
+        if generation != self._generation:  # closed while this was being opened
+            link.fail(_Closed, "connection to Redis closed")
+            raise _Closed("connection to Redis closed")
+        old, self._link = self._link, link
+        if old is not None and old is not link:
+            old.fail(RedisConnectionError, "connection to Redis replaced")
         return link
 
 

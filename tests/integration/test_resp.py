@@ -11,14 +11,24 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import (
     AuthenticationError,
+    DataError,
     NoScriptError,
+    OutOfMemoryError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.helpers import wait_for
-from wks.redis import REDIS_DOWN, RedisServer, client, free_port, read_group, run_script
+from wks.redis import (
+    REDIS_DOWN,
+    RedisServer,
+    client,
+    free_port,
+    read_group,
+    run_script,
+    scripts_refused,
+)
 from wks.resp import Mux, pack
 
 pytestmark = pytest.mark.both_redis
@@ -27,8 +37,10 @@ pytestmark = pytest.mark.both_redis
 def test_pack_writes_resp_bulk_strings() -> None:
     assert pack(("SET", b"k", 12, 1.5)) == (
         b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$3\r\n1.5\r\n")
-    with pytest.raises(TypeError, match="NoneType"):
+    with pytest.raises(DataError, match="NoneType"):
         pack(("GET", None))
+    with pytest.raises(DataError, match="bool"):  # as redis-py refuses it
+        pack(("SET", "k", True))
 
 
 async def test_calls_in_flight_are_answered_in_order(redis_url: str, prefix: str) -> None:
@@ -247,3 +259,144 @@ async def test_a_reader_blocks_on_its_own_connection(
     finally:
         await r.aclose()
         await admin.aclose()
+
+
+async def test_an_error_reply_redis_py_counts_as_a_connection_error_keeps_the_connection(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """NOAUTH is an AuthenticationError (a ConnectionError to redis-py), but the connection
+    is fine: the calls in flight on it each get their own error, none is sent again, and
+    the connection stays."""
+    server = redis_factory(appendonly=False)
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.config_set("requirepass", "pw")
+    mux = Mux("127.0.0.1", server.port)  # no password
+    try:
+        with pytest.raises(AuthenticationError):
+            await mux.call("PING")
+        link: Any = mux._link
+        opened = (await admin.info("stats"))["total_connections_received"]
+        results = await asyncio.gather(*[mux.call("INCR", "n") for _ in range(3)],
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results), results
+        assert mux._link is link
+        assert not link.closed
+        assert (await admin.info("stats"))["total_connections_received"] == opened
+    finally:
+        mux.close()
+        await admin.aclose()
+
+
+async def test_closing_while_a_connection_is_being_opened_drops_it(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """close() during set-up: the call fails, and the connection, once set up, is closed
+    rather than kept by a Mux that was closed."""
+    server = redis_factory(appendonly=False)
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.ping()
+    mux = Mux("127.0.0.1", server.port, db=1)
+    server.pause()  # the TCP connect completes (the kernel's backlog); SELECT waits
+    try:
+        call = asyncio.ensure_future(mux.call("PING"))
+        await wait_for(lambda: mux._opening is not None, what="the connection being opened")
+        mux.close()
+    finally:
+        server.resume()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await call
+    assert mux._link is None
+
+    async def only_admin() -> bool:
+        return len(await admin.client_list()) == 1
+
+    await wait_for(only_admin, what="the half-opened connection closed")
+    assert await mux.call("PING") == b"PONG"  # a later call opens a new one
+    mux.close()
+    await admin.aclose()
+
+
+async def test_a_caller_given_up_while_connecting_leaves_nothing_stale(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """A call cancelled while its connection was being set up: later calls still connect,
+    and still reconnect once that connection is killed."""
+    server = redis_factory(appendonly=False)
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.ping()
+    mux = Mux("127.0.0.1", server.port, db=1)
+    server.pause()
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await mux.call("PING")
+    finally:
+        server.resume()
+    await wait_for(lambda: mux._link is not None, what="the set-up finished, nobody waiting")
+    waiting = asyncio.ensure_future(mux.call("BLPOP", "nothing", "0.3"))
+
+    async def blocked() -> bool:
+        return any(c.get("cmd") == "blpop" for c in await admin.client_list())
+
+    await wait_for(blocked, what="the call in flight")
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert await waiting is None  # sent again on a new connection, where it timed out
+    assert await mux.call("SET", "k", "v") == b"OK"
+    await admin.execute_command("SELECT", 1)
+    assert await admin.get("k") == b"v"  # database 1 on the new connection too
+    mux.close()
+    await admin.aclose()
+
+
+async def test_a_cancelled_blocking_read_takes_nothing_with_it(
+    redis_url: str, prefix: str
+) -> None:
+    """A blocking read given up on closes its connection, so an entry added afterwards
+    stays undelivered for the next reader instead of going to a reply nobody reads."""
+    r = client(redis_url)
+    admin = aioredis.Redis.from_url(redis_url)
+    stream = f"{prefix}:blocking"
+    own = Mux.of(r)
+    assert own is not None
+    try:
+        await r.xgroup_create(stream, "g", id="0", mkstream=True)
+        read = asyncio.ensure_future(
+            read_group(r, "g", "c", stream, count=10, block_ms=5000, blocking=own))
+
+        async def blocked() -> bool:
+            return any(c.get("cmd") == "xreadgroup" for c in await admin.client_list())
+
+        await wait_for(blocked, what="the read blocked")
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        await wait_for(lambda: _not(blocked()), what="the blocked read gone")
+        await admin.xadd(stream, {"event": b"{}"})
+        assert (await admin.xpending(stream, "g"))["pending"] == 0
+        assert [f for _, f in await read_group(r, "g", "c", stream, count=10)] == [
+            [b"event", b"{}"]]
+    finally:
+        own.close()
+        await admin.delete(stream)
+        await admin.aclose()
+        await r.aclose()
+
+
+async def _not(value: Any) -> bool:
+    return not await value
+
+
+@pytest.mark.parametrize(("error", "refused"), [
+    (ResponseError("NOPERM this user has no permissions to run the 'evalsha' command"), True),
+    (ResponseError("unknown command 'EVALSHA', with args beginning with: "), True),
+    (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), False),
+    (ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently "
+                   "unable to persist to disk. Commands that may modify the data set are "
+                   "disabled, because this instance is configured to report errors during "
+                   "writes if RDB snapshotting fails (stop-writes-on-bgsave-error option)."),
+     False),
+])
+def test_scripts_refused_is_about_scripts_only(error: ResponseError, refused: bool) -> None:
+    """A full memory or a failing disk refuses every write: retried, not a reason to drop
+    the scripts for good."""
+    assert scripts_refused(error) is refused
