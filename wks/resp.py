@@ -35,10 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def _arg(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
+    """Any argument but bytes and str, which `pack` takes as they are."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value).encode()
     if isinstance(value, memoryview | bytearray):

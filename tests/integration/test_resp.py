@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tests.helpers import wait_for
 from wks.redis import (
     REDIS_DOWN,
+    Client,
     RedisServer,
     client,
     free_port,
@@ -43,39 +44,29 @@ def test_pack_writes_resp_bulk_strings() -> None:
         pack(("SET", "k", True))
 
 
-async def test_calls_in_flight_are_answered_in_order(redis_url: str, prefix: str) -> None:
+async def test_calls_in_flight_are_answered_in_order(r: Client, prefix: str) -> None:
     """500 calls sent before any reply is read: each gets its own reply."""
-    r = client(redis_url)
     mux = r.mux
     assert mux is not None
     key = f"{prefix}:counter"
-    try:
-        replies = await asyncio.gather(*[mux.call("INCR", key) for _ in range(500)])
-        assert replies == list(range(1, 501))
-        assert await mux.call("GET", key) == b"500"
-        assert await mux.call("HSET", f"{prefix}:h", "a", 1, "b", b"\x00\xff") == 2
-        assert await mux.call("HGETALL", f"{prefix}:h") == [b"a", b"1", b"b", b"\x00\xff"]
-    finally:
-        await r.delete(key, f"{prefix}:h")
-        await r.aclose()
+    replies = await asyncio.gather(*[mux.call("INCR", key) for _ in range(500)])
+    assert replies == list(range(1, 501))
+    assert await mux.call("GET", key) == b"500"
+    assert await mux.call("HSET", f"{prefix}:h", "a", 1, "b", b"\x00\xff") == 2
+    assert await mux.call("HGETALL", f"{prefix}:h") == [b"a", b"1", b"b", b"\x00\xff"]
 
 
-async def test_error_replies_are_redis_py_exceptions(redis_url: str, prefix: str) -> None:
+async def test_error_replies_are_redis_py_exceptions(r: Client, prefix: str) -> None:
     """Error replies raise what redis-py raises, and the connection stays in step."""
-    r = client(redis_url)
     mux = r.mux
     assert mux is not None
     key = f"{prefix}:s"
-    try:
-        await mux.call("SET", key, "x")
-        with pytest.raises(NoScriptError):
-            await mux.call("EVALSHA", "0" * 40, 0)
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await mux.call("XADD", key, "*", "f", "v")
-        assert await mux.call("GET", key) == b"x"
-    finally:
-        await r.delete(key)
-        await r.aclose()
+    await mux.call("SET", key, "x")
+    with pytest.raises(NoScriptError):
+        await mux.call("EVALSHA", "0" * 40, 0)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await mux.call("XADD", key, "*", "f", "v")
+    assert await mux.call("GET", key) == b"x"
 
 
 async def test_run_script_loads_a_flushed_script_on_the_lean_connection(
