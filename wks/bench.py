@@ -107,6 +107,11 @@ class Report:
         add("fold events/s (1 consumer)", d.get("fold_eps"), "SQLite FULL + event_log + mirror")
         add("  naive consumer", base.get("naive_fold_eps"),
             f"ratio {rat.get('fold_vs_naive')}x (target >= 1.2x)")
+        for label, cpu in (("  CPU us/event, fold", d.get("fold_cpu")),
+                           ("  CPU us/event, naive", base.get("naive_fold_cpu"))):
+            if cpu:
+                add(label, f"{cpu['process_us_per_event']} + Redis {cpu['redis_us_per_event']}",
+                    f"{cpu['process_cores']} + {cpu['redis_cores']} cores")
         if "fold2_eps" in d:
             add("fold events/s (2 processes)", d.get("fold2_eps"),
                 f"ratio {rat.get('fold2_vs_fold')}x, state equal: {d.get('fold2_correct')}")
@@ -114,9 +119,11 @@ class Report:
         naive_lat = base.get("naive_latencies", [])
         vs_naive = rat.get("latencies_p99_vs_naive", [])
         for i, lat in enumerate(d.get("latencies", [])):
+            cpu = lat.get("cpu") or {}
             add(f"publish->applied @ {lat['rate']:,.0f}/s",
                 f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p999']} ms",
-                f"{lat['samples']} samples")
+                f"{lat['samples']} samples, {cpu.get('process_cores')} + "
+                f"{cpu.get('redis_cores')} cores")
             if i < len(naive_lat):
                 nl = naive_lat[i]
                 add(f"  naive consumer @ {nl['rate']:,.0f}/s",

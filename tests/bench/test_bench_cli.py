@@ -63,6 +63,12 @@ def test_bench_json_has_every_figure_and_cleans_up(redis_url: str, tmp_path: Pat
     assert [x["samples"] for x in out["latencies"]] == [200, 400]
     assert len(out["ratios"]["latencies_p99_vs_naive"]) == 2
     assert out["sqlite_commit_ms"]["p50"] > 0
+    # CPU per event of each fold and each latency phase (this process, and the Redis server)
+    for cpu in (out["fold_cpu"], out["baseline"]["naive_fold_cpu"],
+                *(x["cpu"] for x in out["latencies"])):
+        assert cpu["process_us_per_event"] > 0
+        assert cpu["process_cores"] > 0
+        assert cpu["redis_us_per_event"] >= 0
 
     versions = out["versions"]
     assert versions["python"].count(".") == 2

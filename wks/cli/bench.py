@@ -138,7 +138,7 @@ def _fill(
 ) -> None:
     for key in ("published", "producer_eps", "publish_mode"):
         report.set(key, prod[key])
-    for key in ("fold_eps", "folded", "folded_executions", "fold_batches", "dead"):
+    for key in ("fold_eps", "folded", "folded_executions", "fold_batches", "dead", "fold_cpu"):
         report.set(key, fold[key])
     report.set("replay_eps", replay["replay_eps"])
     report.set("replayed", replay["replayed"])
@@ -147,6 +147,7 @@ def _fill(
     report.set("baseline", {
         "xadd_pipeline_eps": prod["xadd_pipeline_eps"],
         "naive_fold_eps": naive["naive_fold_eps"],
+        "naive_fold_cpu": naive["naive_fold_cpu"],
         "naive_latency_ms": naive["naive_latencies"][0],
         "naive_latencies": naive["naive_latencies"],
     })

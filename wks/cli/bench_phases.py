@@ -88,6 +88,35 @@ def state_reader(
     )
 
 
+class CpuMeter:
+    """CPU spent over a phase by this process (every thread) and by the Redis server, read
+    from `INFO cpu` (every client's work, so a shared server adds its other traffic): where
+    a phase's time goes, per event, and how many cores it kept busy."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._start = (0.0, 0.0, 0.0)
+
+    async def _now(self) -> tuple[float, float, float]:
+        info = await self.redis.info("cpu")
+        used = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return time.process_time(), used, time.perf_counter()
+
+    async def start(self) -> None:
+        self._start = await self._now()
+
+    async def figures(self, events: int) -> dict[str, float]:
+        end = await self._now()
+        proc, server, wall = (b - a for a, b in zip(self._start, end, strict=True))
+        per = 1e6 / max(1, events)
+        return {
+            "process_us_per_event": round(proc * per, 1),
+            "redis_us_per_event": round(server * per, 1),
+            "process_cores": round(proc / wall, 2) if wall > 0 else 0.0,
+            "redis_cores": round(server / wall, 2) if wall > 0 else 0.0,
+        }
+
+
 # -- (1) the producer ----------------------------------------------------------------------------
 
 
@@ -155,8 +184,11 @@ async def fold_phase(b: Bench, n: int) -> dict[str, Any]:
     store = await Store.open(b.workdir / "state.db")
     try:
         reader = state_reader(b, store, GROUP_STATE, applied, burst=True)
+        cpu = CpuMeter(b.redis)
+        await cpu.start()
         started = time.perf_counter()
         await reader.run(asyncio.Event())
+        fold_cpu = await cpu.figures(reader.status.applied)
         progress.close()
         folded = int(await store.scalar("SELECT COUNT(*) FROM event_log"))
         executions = int(await store.scalar("SELECT COUNT(*) FROM executions"))
@@ -168,6 +200,7 @@ async def fold_phase(b: Bench, n: int) -> dict[str, Any]:
         "folded_executions": executions,
         "fold_batches": reader.status.batches,
         "dead": reader.status.dead,
+        "fold_cpu": fold_cpu,
     }
 
 
@@ -242,14 +275,18 @@ async def naive_phase(b: Bench, n: int) -> dict[str, Any]:
         done[1] = at
         progress.update(len(ids))
 
+    cpu = CpuMeter(b.redis)
+    await cpu.start()
     started = time.perf_counter()
     try:
         await _naive_loop(b, group, conn, None, committed)
+        naive_cpu = await cpu.figures(int(done[0]))
     finally:
         progress.close()
         conn.close()
         await b.redis.xgroup_destroy(stream, group)
-    return {"naive_fold_eps": eps(int(done[0]), done[1] - started), "naive_folded": done[0]}
+    return {"naive_fold_eps": eps(int(done[0]), done[1] - started), "naive_folded": done[0],
+            "naive_fold_cpu": naive_cpu}
 
 
 def commit_floor(path: Path, commits: int = 200) -> dict[str, Any]:
@@ -362,6 +399,8 @@ async def latency_phase(
             task = tg.create_task(consumer)
             producer = Producer(b.redis, b.keys, buffer_size=0)
             events = plan(total, max(1, total // 10), seed=2, run=f"{b.run}-{who}{int(rate)}")
+            cpu = CpuMeter(b.redis)
+            await cpu.start()
             result = await publish_load(producer, events, rate=rate, on_sent=on_sent)
             finished[0] = True
             if not sent:
@@ -371,7 +410,8 @@ async def latency_phase(
             finally:
                 stop.set()
             await task
+            used = await cpu.figures(total)  # publisher and consumer: one process
     return latency_summary(
-        latencies, rate, achieved_rate=round(result.rate, 1),
+        latencies, rate, achieved_rate=round(result.rate, 1), cpu=used,
         measured_at="after the consumer's SQLite COMMIT returned, same process as the publisher",
     )
