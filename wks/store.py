@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import sqlite3
 import time
@@ -80,16 +81,23 @@ def _run(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Awai
     return conn._execute(fn, conn._conn, *args)
 
 
-async def _queued(
+def _queued(
     conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any
 ) -> asyncio.Future[Any]:
-    """`_run` as a task that has already handed `fn` to the connection's thread when this
-    returns: the thread starts on it while the event loop goes on with other work (a task
-    only starts at the loop's next turn, after whatever the caller does next)."""
-    task = asyncio.ensure_future(_run(conn, fn, *args))
-    await asyncio.sleep(0)  # one turn: the task queues `fn`, in call order
-    return task
+    """`_run`, already handed to the connection's thread when this returns (its future):
+    the thread starts on it while the event loop goes on with the batch.
 
+    It goes on aiosqlite's queue as aiosqlite's own calls do (`_execute`), at once. A task
+    would queue `fn` only at the loop's next turn, and yielding a turn for it let the loop
+    run whatever else was ready first (the next batch's decoding, a publisher): at 20,000
+    events/s that was ~20 ms of a 3,800-event batch's ~145 before SQLite's thread began.
+    """
+    future = asyncio.get_running_loop().create_future()
+    if not conn._running or conn._connection is None:  # aiosqlite's own check
+        future.set_exception(ValueError("Connection closed"))
+        return future
+    conn._tx.put_nowait((future, functools.partial(fn, conn._conn, *args)))
+    return future
 
 
 def _begin_and_load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
@@ -308,13 +316,13 @@ class Store:
                 # SQLite's thread gets its work as soon as it can start on it: the load, then
                 # the event_log insert (it needs no merged state; if BEGIN failed it refuses
                 # to run), which it works on while this thread folds onto what was loaded
-                loading = await _queued(conn, _begin_and_load, ids)
-                logging = await _queued(
+                loading = _queued(conn, _begin_and_load, ids)
+                logging = _queued(
                     conn, batch_rows.write_log, log_rows(entries) if logs is None else logs)
                 await asyncio.wait([loading])
                 found = loading.result()  # raises if BEGIN failed
                 states, rows = _merged(entries, ids, found)
-                write = await _queued(conn, batch_rows.write_states, rows)
+                write = _queued(conn, batch_rows.write_states, rows)
                 if before_commit is not None:
                     await before_commit(states)
                 await logging
