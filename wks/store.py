@@ -150,11 +150,20 @@ def _rollback_open(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
-async def _rollback_queued(conn: aiosqlite.Connection) -> None:
-    """Roll back whatever is open, queued behind the calls already on the connection's
-    thread; shielded, so a cancelled batch still leaves no transaction behind."""
+def _rollback_queued(conn: aiosqlite.Connection) -> asyncio.Future[None]:
+    """Roll back whatever is open: queued at once, behind the calls already on the
+    connection's thread (first in, first out: it cannot overtake a BEGIN or a write handed
+    over before it, and nothing queued later runs inside the failed transaction). It runs
+    whether or not anyone waits for it; its error, if any, is retrieved here too."""
+    future = _queued(conn, _rollback_open)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
+async def _rolled_back(rollback: asyncio.Future[None]) -> None:
+    """Wait for a queued rollback; shielded, so a cancelled batch still leaves none open."""
     with contextlib.suppress(ValueError):  # the connection is already closed
-        await asyncio.shield(_run(conn, _rollback_open))
+        await asyncio.shield(rollback)
 
 
 
@@ -329,6 +338,9 @@ class Store:
                 await write
                 await conn.execute("COMMIT")
             except BaseException:
+                # the ROLLBACK is queued before anything is awaited: a second cancellation
+                # below must not leave the transaction (and the write lock) open
+                rollback = _rollback_queued(conn)
                 # let this batch's own calls finish first (a cancelled wait does not stop a
                 # BEGIN or a write already handed to the connection's thread)
                 for step in (loading, logging, write):
@@ -336,7 +348,7 @@ class Store:
                         await asyncio.wait([step])
                     if step is not None and not step.cancelled():
                         step.exception()  # retrieved: the error that matters is being raised
-                await _rollback_queued(conn)  # behind them, so it cannot be overtaken
+                await _rolled_back(rollback)
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
@@ -375,7 +387,7 @@ class Store:
                 else:
                     await conn.execute("COMMIT")
             except BaseException:
-                await _rollback_queued(conn)
+                await _rolled_back(_rollback_queued(conn))
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc

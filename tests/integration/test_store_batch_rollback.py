@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from wks import batch_rows
 from wks.errors import StoreError
 from wks.events import StreamEntry, WorkflowStarted, encode
 from wks.state import State
-from wks.store import Store
+from wks.store import Store, _queued
 
 
 def _entries(n: int = 1) -> list[StreamEntry]:
@@ -117,6 +118,28 @@ async def test_cancelled_batch_leaves_no_open_transaction(tmp_path: Path, size: 
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await wait_for(lambda: not store.conn.in_transaction, 5, "the rollback")
+        await store.apply_batch(_entries())
+        assert await store.scalar("SELECT COUNT(*) FROM executions") == 1
+
+
+async def test_batch_cancelled_twice_still_rolls_back(tmp_path: Path) -> None:
+    """Cancelled again while its error path waits for its own steps, a threaded batch still
+    leaves no transaction (and no write lock) behind once those steps have run."""
+    async with await Store.open(tmp_path / "s.db") as store:
+        gate = threading.Event()
+        # hold SQLite's thread, so the batch's BEGIN and writes wait in its queue
+        held = _queued(store.conn, lambda db: gate.wait(10))
+        task = asyncio.create_task(store.apply_batch(_entries(200)))
+        await asyncio.sleep(0.05)  # it queued its steps and waits for the load
+        task.cancel()  # its error path now waits for the queued BEGIN and load
+        await asyncio.sleep(0.05)
+        task.cancel()  # and is cancelled again while it waits
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gate.set()
+        await held
+        # everything queued by the batch has run when a call queued after it returns
+        assert await _queued(store.conn, lambda db: db.in_transaction) is False
         await store.apply_batch(_entries())
         assert await store.scalar("SELECT COUNT(*) FROM executions") == 1
 
