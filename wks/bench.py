@@ -78,6 +78,11 @@ def local_versions() -> dict[str, Any]:
     }
 
 
+def _cores(cpu: dict[str, Any]) -> str:
+    """"1.05 + 0.2 cores": this process's, then the Redis server's (when it says)."""
+    return f"{cpu.get('process_cores')} + {cpu.get('redis_cores')} cores"
+
+
 @dataclass
 class Report:
     """Everything `wks bench` measured, as the JSON object it prints."""
@@ -111,7 +116,7 @@ class Report:
                            ("  CPU us/event, naive", base.get("naive_fold_cpu"))):
             if cpu:
                 add(label, f"{cpu['process_us_per_event']} + Redis {cpu['redis_us_per_event']}",
-                    f"{cpu['process_cores']} + {cpu['redis_cores']} cores")
+                    _cores(cpu))
         if "fold2_eps" in d:
             add("fold events/s (2 processes)", d.get("fold2_eps"),
                 f"ratio {rat.get('fold2_vs_fold')}x, state equal: {d.get('fold2_correct')}")
@@ -119,11 +124,10 @@ class Report:
         naive_lat = base.get("naive_latencies", [])
         vs_naive = rat.get("latencies_p99_vs_naive", [])
         for i, lat in enumerate(d.get("latencies", [])):
-            cpu = lat.get("cpu") or {}
+            cpu = lat.get("cpu")
             add(f"publish->applied @ {lat['rate']:,.0f}/s",
                 f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p999']} ms",
-                f"{lat['samples']} samples, {cpu.get('process_cores')} + "
-                f"{cpu.get('redis_cores')} cores")
+                f"{lat['samples']} samples" + (f", {_cores(cpu)}" if cpu else ""))
             if i < len(naive_lat):
                 nl = naive_lat[i]
                 add(f"  naive consumer @ {nl['rate']:,.0f}/s",

@@ -68,7 +68,7 @@ def test_bench_json_has_every_figure_and_cleans_up(redis_url: str, tmp_path: Pat
                 *(x["cpu"] for x in out["latencies"])):
         assert cpu["process_us_per_event"] > 0
         assert cpu["process_cores"] > 0
-        assert cpu["redis_us_per_event"] >= 0
+        assert cpu["redis_us_per_event"] >= 0  # the test server reports INFO cpu
 
     versions = out["versions"]
     assert versions["python"].count(".") == 2

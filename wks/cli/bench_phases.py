@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from consumers.reader import GroupReader
 from consumers.state import StateHandler
@@ -90,30 +91,41 @@ def state_reader(
 
 class CpuMeter:
     """CPU spent over a phase by this process (every thread) and by the Redis server, read
-    from `INFO cpu` (every client's work, so a shared server adds its other traffic): where
-    a phase's time goes, per event, and how many cores it kept busy."""
+    from `INFO cpu` (every client's work, so a shared server adds its other traffic; None
+    where the server does not say): where a phase's time goes, per event, and how many
+    cores it kept busy."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._start = (0.0, 0.0, 0.0)
+        self._start: tuple[float, float | None, float] = (0.0, None, 0.0)
 
-    async def _now(self) -> tuple[float, float, float]:
-        info = await self.redis.info("cpu")
-        used = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-        return time.process_time(), used, time.perf_counter()
+    async def _server(self) -> float | None:
+        try:
+            info = await self.redis.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        except (KeyError, ValueError, ResponseError):
+            return None
 
     async def start(self) -> None:
-        self._start = await self._now()
+        self._start = (time.process_time(), await self._server(), time.perf_counter())
 
-    async def figures(self, events: int) -> dict[str, float]:
-        end = await self._now()
-        proc, server, wall = (b - a for a, b in zip(self._start, end, strict=True))
+    async def figures(self, events: int, until: float | None = None) -> dict[str, Any]:
+        """Per event and in cores, from `start` to now (`until`: the wall clock's end, a
+        perf_counter time, when the phase's work ended before the call)."""
+        proc = time.process_time() - self._start[0]
+        server_now, server_then = await self._server(), self._start[1]
+        server = None if server_now is None or server_then is None else server_now - server_then
+        wall = (time.perf_counter() if until is None else until) - self._start[2]
         per = 1e6 / max(1, events)
+
+        def cores(cpu: float | None) -> float | None:
+            return None if cpu is None else round(cpu / wall, 2) if wall > 0 else 0.0
+
         return {
             "process_us_per_event": round(proc * per, 1),
-            "redis_us_per_event": round(server * per, 1),
-            "process_cores": round(proc / wall, 2) if wall > 0 else 0.0,
-            "redis_cores": round(server / wall, 2) if wall > 0 else 0.0,
+            "redis_us_per_event": None if server is None else round(server * per, 1),
+            "process_cores": cores(proc),
+            "redis_cores": cores(server),
         }
 
 
@@ -188,7 +200,7 @@ async def fold_phase(b: Bench, n: int) -> dict[str, Any]:
         await cpu.start()
         started = time.perf_counter()
         await reader.run(asyncio.Event())
-        fold_cpu = await cpu.figures(reader.status.applied)
+        fold_cpu = await cpu.figures(reader.status.applied, until=last[0])
         progress.close()
         folded = int(await store.scalar("SELECT COUNT(*) FROM event_log"))
         executions = int(await store.scalar("SELECT COUNT(*) FROM executions"))
@@ -280,7 +292,7 @@ async def naive_phase(b: Bench, n: int) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         await _naive_loop(b, group, conn, None, committed)
-        naive_cpu = await cpu.figures(int(done[0]))
+        naive_cpu = await cpu.figures(int(done[0]), until=done[1])
     finally:
         progress.close()
         conn.close()
@@ -407,10 +419,11 @@ async def latency_phase(
                 drained.set()
             try:
                 await asyncio.wait_for(drained.wait(), timeout=60)
+                # publisher and consumer (one process), until the last event was applied
+                used = await cpu.figures(total)
             finally:
                 stop.set()
             await task
-            used = await cpu.figures(total)  # publisher and consumer: one process
     return latency_summary(
         latencies, rate, achieved_rate=round(result.rate, 1), cpu=used,
         measured_at="after the consumer's SQLite COMMIT returned, same process as the publisher",
