@@ -72,22 +72,16 @@ def _merged(
 BeforeCommit = Callable[[list[State]], Awaitable[None]]
 
 
-def _run(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-    """Run `fn(sqlite3_connection, *args)` on the connection's own thread, in queue order.
-
-    aiosqlite has no public call for this: a hop per statement costs a thread switch and a
-    loop wake-up each, which dominated small batches (and so latency).
-    """
-    return conn._execute(fn, conn._conn, *args)
-
-
 def _queued(
     conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any
 ) -> asyncio.Future[Any]:
-    """`_run`, already handed to the connection's thread when this returns (its future):
-    the thread starts on it while the event loop goes on with the batch.
+    """Run `fn(sqlite3_connection, *args)` on the connection's own thread, in queue order:
+    handed over before this returns (its future), so the thread starts on it while the
+    event loop goes on with the batch.
 
-    It goes on aiosqlite's queue as aiosqlite's own calls do (`_execute`), at once. A task
+    aiosqlite has no public call for this: a hop per statement costs a thread switch and a
+    loop wake-up each, which dominated small batches (and so latency). It goes on
+    aiosqlite's queue as aiosqlite's own calls do (`_execute`), at once. A task
     would queue `fn` only at the loop's next turn, and yielding a turn for it let the loop
     run whatever else was ready first (the next batch's decoding, a publisher): at 20,000
     events/s that was ~20 ms of a 3,800-event batch's ~145 before SQLite's thread began.
