@@ -30,6 +30,7 @@ from loguru import logger
 from redis.exceptions import ResponseError
 
 from consumers.acks import Acknowledger, RawEntry, reason_kind
+from consumers.prune import PRUNE_IDLE, ConsumerPruner
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
@@ -38,6 +39,8 @@ from wks.keys import EVENT_FIELD, Keys
 from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
 from wks.resp import Mux, mux_of
 from wks.stream_stats import group_stats
+
+_PRUNE_EVERY = 600.0  # seconds between two prunings of departed consumers
 
 
 class Handler(Protocol):
@@ -116,6 +119,7 @@ class GroupReader:
         block_ms: int = 1000,
         burst: bool = False,
         stats_every: float = 5.0,
+        prune_idle: float = PRUNE_IDLE,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -135,8 +139,10 @@ class GroupReader:
         self._claim_every = min(max(claim_idle / 4, 0.05), 15.0)
         self._last_claim = float("-inf")
         self._last_stats = float("-inf")
+        self._last_prune = float("-inf")
         self._backoff = Backoff()
         self._acks = Acknowledger(redis, keys, stream, group)
+        self._pruner = ConsumerPruner(redis, stream, group, self.consumer, prune_idle)
         self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
         self._acking: asyncio.Task[None] | None = None  # the last committed batch's XACK
@@ -165,6 +171,7 @@ class GroupReader:
         inflight_batch: list[RawEntry] = []
         try:
             await self._until_ok(self.ensure_group, stop)
+            await self._prune()
             while not stop.is_set():
                 batch = await self._fetch_guarded(stop)
                 # decoded and prepared now, while the previous batch is in SQLite's hands
@@ -520,8 +527,22 @@ class GroupReader:
             metrics.EVENTS.labels(self.name, "unknown", "dead").inc()
             metrics.DEAD_LETTERS.labels(self.name, kind).inc()
 
+    async def _prune(self) -> None:
+        """Take departed consumers out of the group (consumers.prune); at start, then now
+        and then. Nothing depends on it: a failure waits for the next turn."""
+        self._last_prune = time.monotonic()
+        try:
+            removed = await self._pruner.prune()
+        except (*REDIS_DOWN, ResponseError) as exc:
+            self._log.debug("pruning departed consumers failed: {}", exc)
+            return
+        if removed:
+            self._log.info("removed {} departed consumers from the group", removed)
+
     async def _maybe_stats(self) -> None:
         now = time.monotonic()
+        if now - self._last_prune >= _PRUNE_EVERY:
+            await self._prune()
         if now - self._last_stats < self.stats_every:
             return
         self._last_stats = now
