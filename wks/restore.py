@@ -38,8 +38,7 @@ from wks.keys import GROUP_STATE
 from wks.redis import text
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
-
-ACTIVE_IDLE_MS = 10_000  # consumers idle longer than this are taken for stopped
+from wks.stream_stats import ACTIVE_IDLE_MS
 
 
 @dataclass

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from tests.helpers import wait_for
 from tests.http.conftest import bearer
+from wks import stream_stats
 from wks.cli.runtime import Runtime
 from wks.http.auth import mint_token
 from wks.redis import client as redis_client
@@ -131,6 +133,38 @@ async def test_health_shows_streams_and_a_stalled_group(client, settings, r):
     assert state["stalled"] is True
     assert state["lag"] == 1
     assert body["checks"]["streams"]["streams"]["workflow"]["length"] == 1
+
+
+async def test_a_group_whose_only_consumer_stopped_reading_is_stalled(
+    client, settings, r, monkeypatch
+):
+    """A killed worker's consumer stays registered in its group: while it read recently the
+    group is not stalled; once it has not read for ACTIVE_IDLE_MS, work waiting is stalled."""
+    keys = settings.keys
+    await r.xgroup_create(keys.workflow_stream, "state", id="0", mkstream=True)
+    for i in range(2):
+        await r.xadd(keys.workflow_stream, {"event": b'{"type":"workflow.completed",'
+                                                      b'"executionId":"s%d","ts":1}' % i})
+    await r.xreadgroup("state", "killed", {keys.workflow_stream: ">"}, count=1)
+
+    async def state_group():
+        body = await (await client.get("/health")).json()
+        return body, body["checks"]["consumers"]["groups"]["state"]
+
+    body, state = await state_group()
+    assert (state["consumers"], state["activeConsumers"], state["pending"]) == (1, 1, 1)
+    assert "stalled" not in state
+    assert body["status"] == "healthy"
+
+    monkeypatch.setattr(stream_stats, "ACTIVE_IDLE_MS", 50)
+
+    async def stalled():
+        body, state = await state_group()
+        return (body, state) if state.get("stalled") else None
+
+    body, state = await wait_for(stalled, 10, "the state group to be reported stalled")
+    assert (state["consumers"], state["activeConsumers"]) == (1, 0)
+    assert body["status"] == "degraded"
 
 
 async def test_metrics_report_executions_by_status_and_stale(client, producer, fold):

@@ -20,7 +20,7 @@ from wks.config import Settings
 from wks.keys import GROUP_BACKUP, GROUP_STATE
 from wks.redis import REDIS_DOWN
 from wks.store import Store
-from wks.stream_stats import group_stats, stream_stats
+from wks.stream_stats import active_consumers, group_stats, stream_stats
 
 MIN_FREE_BYTES = 100 * 1024 * 1024  # below this the store and its backups cannot be trusted
 REDIS_TIMEOUT = 1.0
@@ -73,12 +73,17 @@ async def consumers(
             for group, stream in ((GROUP_STATE, keys.workflow_stream),
                                   (GROUP_BACKUP, keys.backup_stream)):
                 info = await group_stats(redis, stream, group)
-                groups[group] = {"exists": False} if info is None else {"exists": True, **info}
+                if info is None:
+                    groups[group] = {"exists": False}
+                    continue
+                active = await active_consumers(redis, stream, group) if info["consumers"] else 0
+                groups[group] = {"exists": True, **info, "activeConsumers": active}
     except _DOWN:
         return {"status": "unhealthy", "error": "redis unreachable", "groups": {}}
     for info in groups.values():
-        # work is waiting and no consumer is registered to do it
-        if info["exists"] and info["consumers"] == 0 and (info["pending"] or info["lag"]):
+        # work is waiting and no consumer is reading: none registered, or only ones that
+        # stopped reading (a killed worker's name stays in its group)
+        if info["exists"] and info["activeConsumers"] == 0 and (info["pending"] or info["lag"]):
             info["stalled"] = True
             status = "degraded"
     for group, reader in readers.items():

@@ -24,12 +24,12 @@ from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
 from wks.http.errors import ApiError
 from wks.keys import GROUP_BACKUP
 from wks.redis import REDIS_DOWN
+from wks.stream_stats import active_consumers
 
 routes = web.RouteTableDef()
 
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 300.0
-LIVE_IDLE_MS = 10_000  # a backup consumer that read within this window is running
 _ID = re.compile(r"^[1-9][0-9]{0,17}$")
 _PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 
@@ -70,10 +70,9 @@ async def _worker_running(request: web.Request) -> bool:
     redis = request.app[REDIS]
     stream = request.app[SETTINGS].keys.backup_stream
     try:
-        consumers = await redis.xinfo_consumers(stream, GROUP_BACKUP)
+        return await active_consumers(redis, stream, GROUP_BACKUP) > 0
     except RedisError:
         return False
-    return any(int(c.get("idle", LIVE_IDLE_MS)) < LIVE_IDLE_MS for c in consumers)
 
 
 @routes.post("/api/backups")
