@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import redis.asyncio as aioredis
+
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
     """Await a condition that another process or task makes true (polls an async predicate)."""
@@ -32,3 +34,18 @@ async def reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[asyncio.subp
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def without_scripts(server: Any) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    """(admin, limited): clients of a private `server`, the second logged in as a user whose
+    ACL refuses scripting (EVAL, EVALSHA, SCRIPT), as some managed services do."""
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command(
+        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-@scripting")
+    limited = aioredis.Redis.from_url(f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
+    try:
+        yield admin, limited
+    finally:
+        await limited.aclose()
+        await admin.aclose()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-import redis.asyncio as aioredis
-
 from producers.client import Producer
 from tests.consumers import assert_mirror_matches, state_reader, stored_states
+from tests.helpers import without_scripts
 from tests.workload import as_dicts, reference, workload
 from wks.config import Settings
 from wks.store import Store
@@ -19,11 +18,7 @@ async def test_pipeline_folds_and_mirrors_without_scripting(
 ) -> None:
     """Producer, reader and mirror all work for a user without +@scripting."""
     server = redis_factory(appendonly=False)  # type: ignore[operator]
-    admin = aioredis.Redis.from_url(server.url)
-    await admin.execute_command(
-        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-@scripting")
-    r = aioredis.Redis.from_url(f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
-    try:
+    async with without_scripts(server) as (_admin, r):
         events = workload(600, 30, random.Random(8))
         producer = Producer(r, settings.keys)
         ids = await producer.publish_many(events)
@@ -34,6 +29,3 @@ async def test_pipeline_folds_and_mirrors_without_scripting(
             expected = reference(list(zip(events, ids, strict=True)))
             assert await stored_states(store) == as_dicts(expected)
         await assert_mirror_matches(r, settings, expected)
-    finally:
-        await r.aclose()
-        await admin.aclose()

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from producers.client import Producer
-from tests.helpers import wait_for
+from tests.helpers import wait_for, without_scripts
 from wks import events as ev
 from wks.config import Settings
 from wks.errors import BufferFull, RedisUnavailable
@@ -76,21 +76,15 @@ async def test_falls_back_to_pipeline_when_scripts_are_denied(
     """Where an ACL forbids EVAL, the producer switches to pipelined XADD and says so
     (one chunk, or several sent on one connection before any reply is read)."""
     server = redis_factory(appendonly=False)  # type: ignore[operator]
-    admin = aioredis.Redis.from_url(server.url)
-    await admin.execute_command(
-        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "+@all", "-@scripting")
-    limited = aioredis.Redis.from_url(
-        f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
-    p = Producer(limited, settings.keys)
-    ids = await p.publish_many(
-        [ev.WorkflowCompleted(execution_id="s", ts=i) for i in range(count)])
-    assert ids is not None
-    assert p.mode == "pipeline"
-    entries = await admin.xrange(settings.keys.workflow_stream)
-    assert [i.decode() for i, _ in entries] == ids
-    assert [ev.decode_workflow(f[b"event"]).ts for _, f in entries] == list(range(count))
-    await limited.aclose()
-    await admin.aclose()
+    async with without_scripts(server) as (admin, limited):
+        p = Producer(limited, settings.keys)
+        ids = await p.publish_many(
+            [ev.WorkflowCompleted(execution_id="s", ts=i) for i in range(count)])
+        assert ids is not None
+        assert p.mode == "pipeline"
+        entries = await admin.xrange(settings.keys.workflow_stream)
+        assert [i.decode() for i, _ in entries] == ids
+        assert [ev.decode_workflow(f[b"event"]).ts for _, f in entries] == list(range(count))
 
 
 class TestOfflineBuffer:

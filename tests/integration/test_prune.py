@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from consumers.prune import ConsumerPruner
 from producers.client import Producer
 from tests.consumers import state_reader
+from tests.helpers import without_scripts
 from tests.workload import workload
 from wks.config import Settings
 from wks.redis import text
@@ -72,11 +73,7 @@ async def test_reader_removes_departed_consumers_when_it_starts(
 
 async def test_nothing_is_removed_where_scripts_are_refused(redis_factory: object) -> None:
     server = redis_factory(appendonly=False)  # type: ignore[operator]
-    admin = aioredis.Redis.from_url(server.url)
-    await admin.execute_command(
-        "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-@scripting")
-    r = aioredis.Redis.from_url(f"redis://noscripts:pw@127.0.0.1:{server.port}/0")
-    try:
+    async with without_scripts(server) as (_admin, r):
         await r.xgroup_create("s", "g", id="0", mkstream=True)
         await r.xadd("s", {"event": "x"})
         await r.xack("s", "g", await _read_one(r, "s", "g", "gone"))
@@ -85,6 +82,3 @@ async def test_nothing_is_removed_where_scripts_are_refused(redis_factory: objec
         assert await pruner.prune() == 0  # refused once: not tried again
         assert pruner._script is None
         assert await _names(r, "s", "g") == {"gone"}
-    finally:
-        await r.aclose()
-        await admin.aclose()
