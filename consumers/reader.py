@@ -36,6 +36,7 @@ from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
 from wks.keys import EVENT_FIELD, Keys
+from wks.liveness import Heartbeat
 from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
 from wks.resp import Mux, mux_of
 from wks.stream_stats import group_stats
@@ -143,6 +144,7 @@ class GroupReader:
         self._backoff = Backoff()
         self._acks = Acknowledger(redis, keys, stream, group)
         self._pruner = ConsumerPruner(redis, stream, group, self.consumer, prune_idle)
+        self._heartbeat = Heartbeat(redis, keys, group, self.consumer)
         self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
         self._acking: asyncio.Task[None] | None = None  # the last committed batch's XACK
@@ -169,6 +171,8 @@ class GroupReader:
         self._acking = None
         inflight: asyncio.Task[bool] | None = None
         inflight_batch: list[RawEntry] = []
+        beating = asyncio.Event()  # set: the heartbeat stops (with the loop)
+        heartbeat = asyncio.create_task(self._heartbeat.run(beating))
         try:
             await self._until_ok(self.ensure_group, stop)
             await self._prune()
@@ -210,6 +214,9 @@ class GroupReader:
                 await self._acked()
             finally:
                 metrics.CONSUMER_UP.labels(self.group).set(0)
+                beating.set()
+                heartbeat.cancel()
+                await self._heartbeat.clear()
 
     async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -63,7 +63,12 @@ class Keys:
         return f"{self.prefix}:schedule:backup:{interval_ms}:{slot}"
 
     def worker_heartbeat(self, group: str, consumer: str) -> str:
+        """String with a TTL, renewed by a running consumer (consumers.liveness)."""
         return f"{self.prefix}:consumer:{group}:{consumer}"
+
+    def group_consumers(self, group: str) -> str:
+        """Set: the names of a group's consumers that keep a heartbeat."""
+        return f"{self.prefix}:consumers:{group}"
 
     @property
     def retention_totals(self) -> str:

@@ -27,7 +27,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from loguru import logger
-from redis.exceptions import ResponseError
 
 from wks import backup as files
 from wks import backup_job
@@ -35,10 +34,9 @@ from wks import backup_log as log
 from wks.config import Settings
 from wks.errors import BackupError, NotFound, StoreError, WksError
 from wks.keys import GROUP_STATE
-from wks.redis import text
+from wks.liveness import running_consumers
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
-from wks.stream_stats import ACTIVE_IDLE_MS
 
 
 @dataclass
@@ -47,34 +45,6 @@ class RestoreResult:
     safety_backup_id: int | None
     replay_from: str
     replayed: int
-
-
-async def active_state_consumers(
-    redis: aioredis.Redis, settings: Settings, *, watch: float = 1.5
-) -> list[str]:
-    """Consumers of the `state` group that are still reading.
-
-    A running consumer re-issues XREADGROUP at least every second, which resets its `idle`;
-    one that exited keeps an idle time that only grows. Two samples `watch` seconds apart
-    tell them apart.
-    """
-    async def sample() -> dict[str, int]:
-        try:
-            consumers = await redis.xinfo_consumers(settings.keys.workflow_stream, GROUP_STATE)
-        except ResponseError:
-            return {}
-        out = {}
-        for c in consumers:
-            out[text(c["name"])] = int(c["idle"])
-        return out
-
-    first = await sample()
-    recent = {name for name, idle in first.items() if idle < ACTIVE_IDLE_MS}
-    if not recent:
-        return []
-    await asyncio.sleep(watch)
-    second = await sample()
-    return sorted(n for n in recent if n in second and second[n] < first[n] + watch * 500)
 
 
 def _remove_temp(temp: Path) -> None:
@@ -239,7 +209,7 @@ async def restore(
     temp = db_path.parent / f".{db_path.name}.restore.tmp"
     try:
         row, path = await _pick(settings, current, backup_id, file_name)
-        active = await active_state_consumers(redis, settings)
+        active = await running_consumers(redis, settings.keys, GROUP_STATE)
         if active and not force:
             raise BackupError("restore", db_path.name, "state consumers are running ("
                               f"{', '.join(active[:3])}); stop them first (restore is offline)")

@@ -25,10 +25,6 @@ from wks.keys import Keys
 from wks.redis import text
 
 LAST_RUN_FIELD = "lastRunAt"
-# A consumer that tried to read within this window is taken for running: a running one
-# re-reads at least every second, and between two reads applies one batch (seconds at most).
-# One that exited stays registered in its group, its idle time only growing.
-ACTIVE_IDLE_MS = 10_000
 
 
 async def stream_stats(
@@ -96,9 +92,3 @@ async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[st
         }
     return None
 
-
-async def active_consumers(redis: aioredis.Redis, stream: str, group: str) -> int:
-    """Consumers of `group` that tried to read within ACTIVE_IDLE_MS (XINFO CONSUMERS)."""
-    consumers = await redis.xinfo_consumers(stream, group)
-    limit = ACTIVE_IDLE_MS
-    return sum(1 for c in consumers if int(c.get("idle", limit)) < limit)

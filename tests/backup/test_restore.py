@@ -10,16 +10,20 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from consumers.reader import GroupReader
 from consumers.state import StateHandler
 from tests.backup.conftest import ROOT, WKS, env_for
+from tests.helpers import wait_for
 from wks import backup_job
 from wks import backup_log as log
 from wks.config import Settings
+from wks.errors import BackupError
 from wks.events import WorkflowCompleted, WorkflowProgress, WorkflowStarted, encode
 from wks.keys import EVENT_FIELD, GROUP_STATE
+from wks.liveness import running_consumers
 from wks.restore import restore
 from wks.state import state_dict, to_state
 from wks.store import Store
@@ -114,6 +118,33 @@ async def test_restore_round_trip_equals_the_state_before_the_disaster(
         await store.close()
     assert [tuple(row) for row in rows] == [(backup_id, "manual"),
                                             (result.safety_backup_id, "pre-migration")]
+
+
+async def test_restore_refuses_while_a_state_consumer_runs(
+    r: aioredis.Redis, settings: Settings
+):
+    """Restore is offline. A state reader waiting on a quiet stream (nothing delivered to it
+    for long: XINFO's idle would call it gone before Redis 7.2) makes it refuse and leave the
+    database alone; once the reader has stopped, the same restore runs."""
+    backup_id, _late, before = await _prepare(r, settings)
+    stop = asyncio.Event()
+    store = await Store.open(settings.db_path)
+    try:
+        reader = GroupReader(r, settings.keys, name="workflow", consumer="still-running",
+                             stream=settings.keys.workflow_stream, group=GROUP_STATE,
+                             handler=StateHandler(store, r, settings.keys, settings.state_ttl))
+        task = asyncio.create_task(reader.run(stop))
+        await wait_for(lambda: running_consumers(r, settings.keys, GROUP_STATE), 10,
+                       "the reader's heartbeat")
+        with pytest.raises(BackupError, match=r"state consumers are running.*still-running"):
+            await restore(settings, r, backup_id)
+        assert await _states(settings.db_path) == before
+    finally:
+        stop.set()
+        await task
+        await store.close()
+    assert await restore(settings, r, backup_id) is not None
+    assert await _states(settings.db_path) == before
 
 
 def _sound(db: Path) -> int:

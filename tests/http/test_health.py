@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from tests.consumers import state_reader
 from tests.helpers import wait_for
 from tests.http.conftest import bearer
-from wks import stream_stats
 from wks.cli.runtime import Runtime
 from wks.http.auth import mint_token
 from wks.redis import client as redis_client
+from wks.store import Store
 
 
 async def test_healthy_shape(client):
@@ -135,11 +136,9 @@ async def test_health_shows_streams_and_a_stalled_group(client, settings, r):
     assert body["checks"]["streams"]["streams"]["workflow"]["length"] == 1
 
 
-async def test_a_group_whose_only_consumer_stopped_reading_is_stalled(
-    client, settings, r, monkeypatch
-):
-    """A killed worker's consumer stays registered in its group: while it read recently the
-    group is not stalled; once it has not read for ACTIVE_IDLE_MS, work waiting is stalled."""
+async def test_a_group_whose_only_consumer_was_killed_is_stalled(client, settings, r):
+    """A killed worker's consumer stays registered in its group, holding its entries: the
+    group is stalled until a consumer runs (its heartbeat), and again once it has stopped."""
     keys = settings.keys
     await r.xgroup_create(keys.workflow_stream, "state", id="0", mkstream=True)
     for i in range(2):
@@ -152,19 +151,26 @@ async def test_a_group_whose_only_consumer_stopped_reading_is_stalled(
         return body, body["checks"]["consumers"]["groups"]["state"]
 
     body, state = await state_group()
-    assert (state["consumers"], state["activeConsumers"], state["pending"]) == (1, 1, 1)
-    assert "stalled" not in state
-    assert body["status"] == "healthy"
-
-    monkeypatch.setattr(stream_stats, "ACTIVE_IDLE_MS", 50)
-
-    async def stalled():
-        body, state = await state_group()
-        return (body, state) if state.get("stalled") else None
-
-    body, state = await wait_for(stalled, 10, "the state group to be reported stalled")
-    assert (state["consumers"], state["activeConsumers"]) == (1, 0)
+    assert (state["consumers"], state["activeConsumers"], state["pending"]) == (1, 0, 1)
+    assert state["stalled"] is True
     assert body["status"] == "degraded"
+
+    stop = asyncio.Event()
+    async with await Store.open(settings.db_path) as store:
+        task = asyncio.create_task(state_reader(settings, r, store, burst=False).run(stop))
+        try:
+            async def running():
+                body, state = await state_group()
+                return (body, state) if state["activeConsumers"] == 1 else None
+
+            body, state = await wait_for(running, 10, "the reader to be counted")
+            assert "stalled" not in state
+            assert body["status"] == "healthy"
+        finally:
+            stop.set()
+            await task
+    _body, state = await state_group()
+    assert state["activeConsumers"] == 0
 
 
 async def test_metrics_report_executions_by_status_and_stale(client, producer, fold):

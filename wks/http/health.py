@@ -18,9 +18,10 @@ from redis.exceptions import ResponseError
 
 from wks.config import Settings
 from wks.keys import GROUP_BACKUP, GROUP_STATE
+from wks.liveness import running_consumers
 from wks.redis import REDIS_DOWN
 from wks.store import Store
-from wks.stream_stats import active_consumers, group_stats, stream_stats
+from wks.stream_stats import group_stats, stream_stats
 
 MIN_FREE_BYTES = 100 * 1024 * 1024  # below this the store and its backups cannot be trusted
 REDIS_TIMEOUT = 1.0
@@ -76,13 +77,13 @@ async def consumers(
                 if info is None:
                     groups[group] = {"exists": False}
                     continue
-                active = await active_consumers(redis, stream, group) if info["consumers"] else 0
-                groups[group] = {"exists": True, **info, "activeConsumers": active}
+                running = await running_consumers(redis, keys, group)
+                groups[group] = {"exists": True, **info, "activeConsumers": len(running)}
     except _DOWN:
         return {"status": "unhealthy", "error": "redis unreachable", "groups": {}}
     for info in groups.values():
-        # work is waiting and no consumer is reading: none registered, or only ones that
-        # stopped reading (a killed worker's name stays in its group)
+        # work is waiting and no consumer is running to do it (a killed worker's name stays
+        # registered in its group: the heartbeats tell, wks.liveness)
         if info["exists"] and info["activeConsumers"] == 0 and (info["pending"] or info["lag"]):
             info["stalled"] = True
             status = "degraded"

@@ -23,8 +23,8 @@ from wks.http.auth import require_admin
 from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
 from wks.http.errors import ApiError
 from wks.keys import GROUP_BACKUP
+from wks.liveness import running_consumers
 from wks.redis import REDIS_DOWN
-from wks.stream_stats import active_consumers
 
 routes = web.RouteTableDef()
 
@@ -68,9 +68,8 @@ def _wait(request: web.Request) -> float:
 async def _worker_running(request: web.Request) -> bool:
     """Is any backup consumer reading? With none, a request is only queued: no point waiting."""
     redis = request.app[REDIS]
-    stream = request.app[SETTINGS].keys.backup_stream
     try:
-        return await active_consumers(redis, stream, GROUP_BACKUP) > 0
+        return bool(await running_consumers(redis, request.app[SETTINGS].keys, GROUP_BACKUP))
     except RedisError:
         return False
 
