@@ -357,6 +357,10 @@ class GroupReader:
                 good.append(StreamEntry(raw.entry_id, decode(payload), payload))
             except BadEventError as exc:
                 dead.append((raw, exc.reason))
+            except Exception as exc:  # a decoder bug must not stop the group (SPEC 5)
+                self._log.opt(exception=exc).error("decoding entry {} raised {}",
+                                                   raw.entry_id, type(exc).__name__)
+                dead.append((raw, f"cannot decode: {type(exc).__name__}: {exc}"))
         return out
 
     async def _prepare(self, decoded: Decoded) -> None:

@@ -34,6 +34,9 @@ Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at mos
 BackupType = Literal["manual", "scheduled", "pre-migration"]
 
 
+# msgspec, like Python's json, stops at about 1,000 levels of arrays and objects
+NESTED_TOO_DEEP = "invalid event: JSON nested too deeply (the limit is about 1,000 levels)"
+
 DECODE_SLICE = 1000  # entries a consumer decodes between two turns of its event loop
 
 
@@ -209,6 +212,8 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     except UnicodeDecodeError as exc:  # before msgspec 0.23: JSON text must be UTF-8
         raise BadEventError(f"not JSON: a string is not UTF-8 ({exc.reason} at byte "
                             f"{exc.start} of the string)") from None
+    except RecursionError:  # msgspec parses (and skips) unknown keys with the C stack too
+        raise BadEventError(NESTED_TOO_DEEP) from None
     _check_ids(event)
     _check_data(event, len(raw))
     return event

@@ -38,8 +38,13 @@ async def test_good_events_are_published_and_bad_ones_reported(client, admin, fo
 
 
 async def test_nothing_valid_is_a_400(client, admin, r, settings):
-    """Not JSON, not an array, an empty array or all-invalid events answer 400."""
-    for data in (b"{oops", b'{"type": "workflow.started"}', b"[]", b'[{"type": "nope"}]'):
+    """Not JSON, not an array, an empty array, all-invalid events or JSON nested past the
+    parser's depth limit answer 400; the last also as the backup config's body."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    resp = await client.put("/api/backups/config",
+                            headers={**admin, "Content-Type": "application/json"}, data=deep)
+    assert resp.status == 400
+    for data in (b"{oops", b'{"type": "workflow.started"}', b"[]", b'[{"type": "nope"}]', deep):
         resp = await client.post(URL, headers={**admin, "Content-Type": "application/json"},
                                  data=data)
         assert resp.status == 400, data

@@ -104,7 +104,8 @@ class TestBadInput:
     async def test_bad_entries_go_to_the_dead_stream_and_the_rest_folds(
         self, settings: Settings, r: aioredis.Redis
     ) -> None:
-        """Not JSON, unknown type, broken bound, oversized, no `event` field: dead, with reason."""
+        """Not JSON, unknown type, broken bound, oversized, nested too deeply, no `event`
+        field: dead, with reason."""
         keys = settings.keys
         stream = keys.workflow_stream
         good = ev.WorkflowStarted(execution_id="ok-1", workflow_id="w", total_steps=2, ts=5)
@@ -115,6 +116,9 @@ class TestBadInput:
                             b'"totalSteps":2000000,"ts":1}',
             "oversized": b'{"type":"workflow.completed","executionId":"x","ts":1,"pad":"'
                          + b"x" * (300 * 1024) + b'"}',
+            # 10 KB, valid JSON, nested past the decoder's depth limit in an unknown key
+            "too deep": b'{"type":"workflow.completed","executionId":"x","ts":1,"pad":'
+                        + b"[" * 5000 + b"]" * 5000 + b"}",
         }
         bad_ids: dict[str, str] = {}
         await r.xadd(stream, {"event": ev.encode(good)})
@@ -143,6 +147,7 @@ class TestBadInput:
         assert b"not JSON" in by_entry[bad_ids["not json"]][b"reason"]
         assert b"totalSteps" in by_entry[bad_ids["broken bound"]][b"reason"]
         assert b"byte limit" in by_entry[bad_ids["oversized"]][b"reason"]
+        assert b"nested too deeply" in by_entry[bad_ids["too deep"]][b"reason"]
         assert (await r.xpending(stream, GROUP_STATE))["pending"] == 0
 
     async def test_entry_delivered_too_often_is_dead_lettered(

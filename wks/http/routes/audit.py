@@ -19,7 +19,7 @@ routes = web.RouteTableDef()
 def _event(row: dict[str, Any]) -> dict[str, Any]:
     try:
         event = msgspec.json.decode(row["payload"])
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         event = None  # only decodable events are folded, but a log row must never 500
     return {"entryId": row["entryId"], "eventId": row["eventId"], "type": row["type"],
             "ts": row["ts"], "appliedAt": row["appliedAt"], "event": event}

@@ -131,7 +131,7 @@ async def put_config(request: web.Request) -> web.Response:
     require_admin(request)
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, "body must be a JSON object") from None
     try:
         changes = backup_job.validate_config(body)
