@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from wks import backup as files
 from wks import backup_log as log
 from wks import metrics
-from wks.config import COMPRESSIONS, Settings
+from wks.config import BACKUP_INTERVAL_MAX, BACKUP_INTERVAL_MIN, COMPRESSIONS, Settings
 from wks.errors import BackupError, LockError, NotFound, StaleFencingToken
 from wks.keys import GROUP_STATE, Keys
 from wks.locks import Lock
@@ -36,7 +36,8 @@ from wks.store import Store
 from wks.stream_stats import stream_groups
 
 LOCK_NAME = "backup"
-MIN_INTERVAL_MS = 1000
+MIN_INTERVAL_MS = int(BACKUP_INTERVAL_MIN * 1000)
+MAX_INTERVAL_MS = int(BACKUP_INTERVAL_MAX * 1000)
 MAX_BACKUPS_LIMIT = 1000
 
 
@@ -73,7 +74,7 @@ def validate_config(body: Any) -> dict[str, Any]:
         if not isinstance(body["autoBackupEnabled"], bool):
             raise ValueError("autoBackupEnabled must be true or false")
         out["autoBackupEnabled"] = body["autoBackupEnabled"]
-    for name, low, high in (("autoBackupInterval", MIN_INTERVAL_MS, 366 * 86_400_000),
+    for name, low, high in (("autoBackupInterval", MIN_INTERVAL_MS, MAX_INTERVAL_MS),
                             ("maxBackups", 1, MAX_BACKUPS_LIMIT)):
         if name in body:
             value = body[name]

@@ -8,6 +8,7 @@ settings: `redisUrl = "redis://..."`), then the defaults. Nothing below the CLI 
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -79,6 +80,29 @@ def _positive_duration(text: Any) -> float:
     value = parse_duration(str(text))
     if value <= 0 or not math.isfinite(value):
         raise ValueError(f"must be a positive duration, got {text!r}")
+    return value
+
+
+# scheduled backups: what PUT /api/backups/config accepts too (wks.backup_job)
+BACKUP_INTERVAL_MIN = 1.0  # seconds
+BACKUP_INTERVAL_MAX = 366 * 86_400.0
+
+
+def _in_interval_range(value: float, text: Any) -> float:
+    if not BACKUP_INTERVAL_MIN <= value <= BACKUP_INTERVAL_MAX:
+        raise ValueError(f"must be between 1s and 366d, got {text!r} (a plain number is "
+                         "seconds in WKS_ names and wks.toml; 86400000ms is a day)")
+    return value
+
+
+def _backup_interval(text: Any) -> float:
+    return _in_interval_range(_positive_duration(text), text)
+
+
+def _jwt_secret(text: Any) -> str:
+    value = str(text)
+    if len(value.encode()) < 32:
+        raise ValueError("must be at least 32 bytes (use e.g. `openssl rand -hex 32`)")
     return value
 
 
@@ -191,7 +215,7 @@ _SPECS: list[tuple[str, str, tuple[str, ...], Callable[[Any], Any], str]] = [
      "compression"),
     ("host", "WKS_HOST", (), str, "host"),
     ("port", "WKS_PORT", ("PORT",), _port, "port"),
-    ("jwtSecret", "WKS_JWT_SECRET", ("JWT_SECRET",), str, "jwt_secret"),
+    ("jwtSecret", "WKS_JWT_SECRET", ("JWT_SECRET",), _jwt_secret, "jwt_secret"),
     ("logLevel", "WKS_LOG_LEVEL", ("LOG_LEVEL",), _choice(LOG_LEVELS, upper=True), "log_level"),
     ("logFormat", "WKS_LOG_FORMAT", (), _choice(("console", "json")), "log_format"),
     ("staleAfter", "WKS_STALE_AFTER", (), _positive_duration, "stale_after"),
@@ -212,6 +236,10 @@ _SPECS: list[tuple[str, str, tuple[str, ...], Callable[[Any], Any], str]] = [
 ]
 
 
+# the settings a wks.toml may hold: those read by name below, and the two read on their own
+_TOML_KEYS = frozenset([spec[0] for spec in _SPECS] + ["autoBackupInterval", "redisUrl"])
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -221,6 +249,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("wks.toml", f"{path} is not valid TOML: {exc}") from None
     table = data.get("wks", data)  # accept both top-level keys and a [wks] table
+    for key in table:
+        if key not in _TOML_KEYS:  # a typo must not leave a setting at its default unseen
+            close = difflib.get_close_matches(key, sorted(_TOML_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError("wks.toml", f"unknown setting {key!r} in {path}{hint}")
     return dict(table)
 
 
@@ -248,10 +281,11 @@ def _load(env: Mapping[str, str], toml_path: Path | None, cwd: Path) -> Settings
         seed = env.get("AUTO_BACKUP_INTERVAL")
         try:
             if raw is not None:
-                values["auto_backup_interval"] = _positive_duration(raw)
+                values["auto_backup_interval"] = _backup_interval(raw)
             elif seed not in (None, ""):
                 origin = "AUTO_BACKUP_INTERVAL"
-                values["auto_backup_interval"] = _millis(seed)  # the seed's unit is ms
+                # the seed's unit is ms
+                values["auto_backup_interval"] = _in_interval_range(_millis(seed), seed)
         except ValueError as exc:
             raise ConfigError(origin, str(exc)) from None
 
@@ -274,7 +308,6 @@ def _load(env: Mapping[str, str], toml_path: Path | None, cwd: Path) -> Settings
                                   else cwd / settings.var_dir)
     if url is not None:
         settings = settings.with_redis_url(url, source)
-    _validate(settings)
     return settings
 
 
@@ -329,10 +362,3 @@ def _redis_url_from(
         except ValueError as exc:
             raise ConfigError(str(url_file), str(exc)) from None
     return None, "default"
-
-
-def _validate(settings: Settings) -> None:
-    if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < 32:
-        raise ConfigError(
-            "WKS_JWT_SECRET", "must be at least 32 bytes (use e.g. `openssl rand -hex 32`)"
-        )

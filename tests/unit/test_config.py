@@ -86,6 +86,9 @@ class TestErrors:
             ({"WKS_RATE_LIMIT": "600"}, "WKS_RATE_LIMIT"),
             ({"WKS_PREFIX": "has space"}, "WKS_PREFIX"),
             ({"AUTO_BACKUP_INTERVAL": "-5"}, "AUTO_BACKUP_INTERVAL"),
+            ({"JWT_SECRET": "short"}, "JWT_SECRET"),  # the seed's name, as given
+            ({"WKS_AUTO_BACKUP_INTERVAL": "250ms"}, "WKS_AUTO_BACKUP_INTERVAL"),  # < 1s
+            ({"AUTO_BACKUP_INTERVAL": "500"}, "AUTO_BACKUP_INTERVAL"),  # ms: < 1s
         ],
     )
     def test_bad_setting_is_one_line_naming_it(
@@ -97,6 +100,18 @@ class TestErrors:
         message = str(info.value)
         assert message.startswith(named + ":")
         assert "\n" not in message
+
+    def test_toml_settings_are_checked_like_the_others(self, tmp_path: Path) -> None:
+        """An unknown key (a typo) stops start-up naming it and its likely spelling; the
+        interval's range is the API's (1s to 366d), so a day written in ms is refused."""
+        (tmp_path / "wks.toml").write_text("maxBackup = 5\n")
+        with pytest.raises(ConfigError, match=r"unknown setting 'maxBackup'.*'maxBackups'"):
+            load(tmp_path)
+        (tmp_path / "wks.toml").write_text("autoBackupInterval = 86400000\n")
+        with pytest.raises(ConfigError, match=r"^wks\.toml autoBackupInterval: .*366d"):
+            load(tmp_path)
+        (tmp_path / "wks.toml").write_text("[wks]\nautoBackupInterval = '86400000ms'\n")
+        assert load(tmp_path).auto_backup_interval == 86400
 
     def test_bad_toml_is_reported(self, tmp_path: Path) -> None:
         """A broken wks.toml stops start-up with a message naming the file."""

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from wks import __version__, collector, logs
 from wks.config import Settings
@@ -22,10 +23,17 @@ COMMANDS = [
 LONG_RUNNING = {"up", "api", "worker", "replay", "bench"}
 
 
+class Parser(argparse.ArgumentParser):
+    """Errors in one line (SPEC 9), pointing at --help instead of printing the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, just that subcommand's module is imported (fast start-up:
     `wks emit` need not import the HTTP server)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wks",
         description="Track workflow executions from Redis Streams into SQLite; "
         "settings come from WKS_* environment variables and ./wks.toml.",
@@ -46,6 +54,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, tune_gc: bool = True) -> int:
     """Run one command; `tune_gc=False` leaves the collector alone (a caller's own process,
     such as a test session, keeps its settings)."""
+    try:
+        return _main(argv, tune_gc)
+    except BrokenPipeError:
+        # the reader went away (`wks backup list | head -1`): stop quietly, and keep the
+        # interpreter's last flush of stdout from failing again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process killed by SIGPIPE
+
+
+def _main(argv: Sequence[str] | None, tune_gc: bool) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
