@@ -22,13 +22,15 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str]) -> None:
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("wks") and "--help" in lines[0]
+    assert lines[0].startswith("wks")
+    assert "--help" in lines[0]
 
 
 def test_output_into_a_closed_pipe_ends_quietly() -> None:
     """`wks schema | head -c1`: the reader is gone before wks writes; no traceback."""
     proc = subprocess.Popen([*WKS, "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     proc.stdout.close()  # before the interpreter has even imported wks
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141

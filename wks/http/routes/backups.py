@@ -181,7 +181,8 @@ _CONFIG = {
     "properties": {
         "autoBackupEnabled": {"type": "boolean"},
         "autoBackupInterval": {"type": "integer", "minimum": backup_job.MIN_INTERVAL_MS,
-                               "maximum": backup_job.MAX_INTERVAL_MS, "description": "milliseconds"},
+                               "maximum": backup_job.MAX_INTERVAL_MS,
+                               "description": "milliseconds"},
         "maxBackups": {"type": "integer", "minimum": 1,
                        "maximum": backup_job.MAX_BACKUPS_LIMIT},
         "compression": {"enum": ["none", "gzip", "zstd"]},
