@@ -96,4 +96,15 @@ MIGRATIONS: list[str] = [
         file_path TEXT PRIMARY KEY
     );
     """,
+    # 5: a restore's catch-up still to run (wks.catch_up). Written into the restored copy
+    # before it replaces the database and deleted once the stream is folded in, so a restore
+    # killed during its catch-up leaves a database that says so, and is finished before use.
+    """
+    CREATE TABLE restore_catch_up (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        replay_from TEXT NOT NULL,
+        backup      TEXT NOT NULL,
+        restored_at TEXT NOT NULL
+    );
+    """,
 ]

@@ -10,7 +10,9 @@ Order, so that a crash at any step leaves the old database or the new one, never
 4. checkpoint the old database into its main file, remove its `-wal`/`-shm`, rename the temp
    file over `dbPath`, fsync the directory;
 5. fold the workflow stream from the backup's safe point onward (idempotent, so entries the
-   backup already held are harmless).
+   backup already held are harmless). The copy carries a record of this step from step 2
+   on, cleared when it is done: a restore killed here is finished by its rerun or by the
+   next state consumer to start (wks.catch_up).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks import backup as files
-from wks import backup_job
+from wks import backup_job, catch_up
 from wks import backup_log as log
 from wks.config import Settings
 from wks.errors import BackupError, NotFound, StoreError, WksError
 from wks.keys import GROUP_STATE
 from wks.liveness import running_consumers
-from wks.replay import FoldStats, fold_range
+from wks.replay import FoldStats
 from wks.store import Store
 
 
@@ -111,12 +113,16 @@ async def _adopt(store: Store, directory: Path) -> None:
         logger.info("recorded backup file {} found beside the restored log", name)
 
 
-async def _carry_over(temp: Path, current: Store | None, backup_dir: Path) -> None:
+async def _carry_over(
+    temp: Path, current: Store | None, backup_dir: Path, replay_from: str, backup: str
+) -> None:
     """Migrate the restored copy; give it the current backup_log and fence table (or, with
-    no current log, record the backup files its own log does not know)."""
+    no current log, record the backup files its own log does not know), and the record of
+    the catch-up it still needs (wks.catch_up)."""
     store = await Store.open(temp)
     try:
         conn = store.conn
+        await catch_up.mark(store, replay_from, backup)
         if current is not None:
             await conn.execute("ATTACH DATABASE ? AS cur", (str(current.path),))
             async with store.transaction("carry backup_log over"):
@@ -236,7 +242,10 @@ async def restore(
                 raise BackupError("restore", db_path.name, f"safety backup failed ({exc}); "
                                   "use --force to restore without one") from exc
             logger.warning("restoring without a safety backup: {}", exc)
-        await _carry_over(temp, current, settings.backup_dir)
+        start = row.get("replay_from") or own_point or (
+            _ms_bound(row["started_at"]) if row.get("started_at") else "-")
+        await _carry_over(temp, current, settings.backup_dir, start,
+                          str(backup_id or path.name))
         if current is not None:
             await current.close()
             current = None
@@ -245,14 +254,12 @@ async def restore(
         if current is not None:
             await current.close()
         _remove_temp(temp)
-    start = row.get("replay_from") or own_point or (
-        _ms_bound(row["started_at"]) if row.get("started_at") else "-")
     store = await Store.open(db_path)
     try:
-        stats = await fold_range(redis, settings.keys.workflow_stream, store, start,
-                                 on_page=on_page)
+        stats = await catch_up.finish(redis, settings.keys, store, on_page=on_page)
     finally:
         await store.close()
+    assert stats is not None  # the restored copy was marked before the swap
     logger.info("restored backup {} and replayed {} entries from {}",
                 backup_id or path.name, stats.entries, start)
     return RestoreResult(backup_id, safety_id, start, stats.entries)

@@ -17,11 +17,14 @@ from consumers.reader import GroupReader
 from consumers.state import StateHandler
 from tests.backup.conftest import ROOT, WKS, env_for
 from tests.helpers import wait_for
-from wks import backup_job
+from wks import backup_job, catch_up
 from wks import backup_log as log
+from wks.cli.runtime import Runtime
+from wks.cli.services import state_service
 from wks.config import Settings
 from wks.errors import BackupError
 from wks.events import WorkflowCompleted, WorkflowProgress, WorkflowStarted, encode
+from wks.http import health
 from wks.keys import EVENT_FIELD, GROUP_STATE
 from wks.liveness import running_consumers
 from wks.restore import restore
@@ -113,6 +116,7 @@ async def test_restore_round_trip_equals_the_state_before_the_disaster(
     assert await _states(settings.db_path) == before
     store = await Store.open(settings.db_path)
     try:  # the log still knows every backup, including the safety one
+        assert await catch_up.pending(store) is None
         rows = await store.fetchall("SELECT id, backup_type FROM backup_log ORDER BY id")
     finally:
         await store.close()
@@ -145,6 +149,37 @@ async def test_restore_refuses_while_a_state_consumer_runs(
         await store.close()
     assert await restore(settings, r, backup_id) is not None
     assert await _states(settings.db_path) == before
+
+
+async def test_a_restore_killed_during_its_catch_up_is_finished_before_folding_resumes(
+    r: aioredis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """The catch-up folds entries the group acknowledged long ago, so a restore that dies
+    during it must not leave the swapped-in copy silently behind: the copy says so (/health
+    reports it), and the state service finishes it before it reads the group."""
+    backup_id, _late, before = await _prepare(r, settings)
+    await _disaster(settings.db_path)
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("killed during the catch-up")
+
+    monkeypatch.setattr(catch_up, "fold_range", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        await restore(settings, r, backup_id)
+    monkeypatch.undo()
+    async with await Store.open(settings.db_path) as store:
+        start = await catch_up.pending(store)
+        assert start is not None
+        db = await health.database(store)
+        assert (db["status"], db["restoreCatchUpFrom"]) == ("degraded", start)
+    assert await _states(settings.db_path) != before  # the backup alone is behind
+
+    rt = Runtime(settings, r, settings.redis_url or "", "external")
+    await state_service(rt, burst=True)(asyncio.Event())
+    assert await _states(settings.db_path) == before
+    async with await Store.open(settings.db_path) as store:
+        assert await catch_up.pending(store) is None
+        assert (await health.database(store))["status"] == "healthy"
 
 
 def _sound(db: Path) -> int:

@@ -10,6 +10,7 @@ import asyncio
 from consumers.reader import GroupReader
 from consumers.retention import retention_service
 from consumers.state import StateHandler
+from wks import catch_up
 from wks.cli.backup_service import backup_service
 from wks.cli.runtime import Runtime, Service
 from wks.keys import GROUP_BACKUP, GROUP_STATE
@@ -32,6 +33,7 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
         store = await Store.open(settings.db_path)
         store.commit_small_on_loop = not shared_loop
         try:
+            await catch_up.finish_before_folding(rt.redis, keys, store, stop)
             handler = StateHandler(
                 store, rt.redis, keys, settings.state_ttl,
                 crash_after_commit=settings.debug_crash_after_commit,

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from wks import catch_up
 from wks.config import Settings
 from wks.keys import GROUP_BACKUP, GROUP_STATE
 from wks.liveness import running_consumers
@@ -36,9 +37,13 @@ async def database(store: Store) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         version = await store.scalar("SELECT MAX(version) FROM schema_version")
+        unfinished = await catch_up.pending(store)
     except Exception as exc:  # any failure of the store is what this check reports
         return {"status": "unhealthy", "error": f"query failed: {type(exc).__name__}"}
-    return {"status": "healthy", "latencyMs": _ms(started), "schemaVersion": int(version or 0)}
+    out = {"status": "healthy", "latencyMs": _ms(started), "schemaVersion": int(version or 0)}
+    if unfinished is not None:  # a restore died folding the stream in: state is behind
+        out.update(status="degraded", restoreCatchUpFrom=unfinished)
+    return out
 
 
 async def redis_check(redis: aioredis.Redis, mode: str) -> dict[str, Any]:
@@ -119,7 +124,7 @@ async def report(
         stream_check(redis, settings))
     checks = {"database": db, "redis": rc, "diskSpace": disk_space(settings), "consumers": cons,
               "streams": streams}
-    if db["status"] != "healthy" or checks["diskSpace"]["status"] != "healthy":
+    if db["status"] == "unhealthy" or checks["diskSpace"]["status"] != "healthy":
         overall = "unhealthy"
     elif any(c["status"] != "healthy" for c in checks.values()):
         overall = "degraded"

@@ -1,0 +1,77 @@
+"""A restore's catch-up, recorded in the database it completes.
+
+`wks restore` swaps a backup in, then folds the workflow stream from the backup's safe point
+onward. The state group has acknowledged those entries long ago, so if the restore dies
+during that fold nothing else would ever apply them: the restored copy therefore carries a
+row in `restore_catch_up` from before the swap, deleted only once the fold is done. Until
+then /health reports the database degraded, and whoever opens it to fold (a rerun of the
+restore, `wks worker`, `wks up`) finishes the catch-up first; folding is idempotent, so
+running it twice, or from two workers at once, changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from loguru import logger
+
+from wks.aio import wait_stop
+from wks.keys import Keys
+from wks.redis import REDIS_DOWN, Backoff
+from wks.replay import FoldStats, fold_range
+from wks.store import Store
+
+
+async def mark(store: Store, replay_from: str, backup: str) -> None:
+    """Record the catch-up the restored copy in `store` still needs."""
+    async with store.transaction("record the restore's catch-up") as conn:
+        await conn.execute(
+            "INSERT OR REPLACE INTO restore_catch_up (id, replay_from, backup, restored_at)"
+            " VALUES (1, ?, ?, ?)",
+            (replay_from, backup, datetime.now(UTC).isoformat(timespec="seconds")))
+
+
+async def pending(store: Store) -> str | None:
+    """Where the unfinished catch-up starts, or None."""
+    value = await store.scalar("SELECT replay_from FROM restore_catch_up WHERE id = 1")
+    return None if value is None else str(value)
+
+
+async def finish(
+    redis: aioredis.Redis, keys: Keys, store: Store,
+    on_page: Callable[[FoldStats], None] | None = None,
+) -> FoldStats | None:
+    """Run the recorded catch-up, if any, and clear the record; None when there was none."""
+    start = await pending(store)
+    if start is None:
+        return None
+    stats = await fold_range(redis, keys.workflow_stream, store, start, on_page=on_page)
+    async with store.transaction("clear the restore's catch-up") as conn:
+        await conn.execute("DELETE FROM restore_catch_up")
+    return stats
+
+
+async def finish_before_folding(
+    redis: aioredis.Redis, keys: Keys, store: Store, stop: asyncio.Event
+) -> None:
+    """For a state consumer at start: finish an interrupted restore's catch-up first (the
+    group has acknowledged those entries: nothing else would fold them), waiting out Redis
+    outages like the consumer itself."""
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            start = await pending(store)
+            if start is None:
+                return
+            logger.warning("finishing an interrupted restore: folding the stream from {}",
+                           start)
+            stats = await finish(redis, keys, store)
+            if stats is not None:
+                logger.info("restore catch-up done: {} entries folded", stats.entries)
+            return
+        except REDIS_DOWN as exc:
+            logger.warning("restore catch-up waits for Redis: {}", exc)
+            await wait_stop(stop, backoff.next())
