@@ -70,6 +70,7 @@ async def test_table_says_whether_the_log_folds_to_the_live_state(
                      " WHERE execution_id = 'other') WHERE execution_id = 'job-1'")
     code, out, _ = await wks("audit", "job-1")
     assert "do NOT fold to the live state" in out
+    assert code == 1
 
     code, _, err = await wks("audit", "nobody")
     assert code == 1

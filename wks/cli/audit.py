@@ -56,6 +56,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("the logged events do NOT fold to the live state (events pruned, or the row was "
               "changed outside wks: run `wks replay --verify --execution ID`)")
+        return 1  # as `wks replay --verify` on a difference: scripts can check
     return 0
 
 
