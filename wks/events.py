@@ -26,7 +26,7 @@ ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
                                  extra_json_schema={"pattern": ID_PATTERN})]
 _ID_CHARS = str.maketrans("", "", string.ascii_letters + string.digits + "._:@-")
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+EventId = Annotated[str, msgspec.Meta(max_length=64)]  # "" is taken as absent
 INT64_MAX = (1 << 63) - 1  # SQLite's largest INTEGER: counts and times above it are refused
 Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX,
                                  description="epoch milliseconds, set by the producer")]
@@ -61,7 +61,7 @@ class WorkflowStarted(_Event, tag="workflow.started"):
     workflow_id: Id
     total_steps: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
     data: Data | None = None
-    owner: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    owner: str | None = None
     event_id: EventId | None = None
 
 
@@ -87,20 +87,20 @@ class WorkflowFailed(_Event, tag="workflow.failed"):
 
 class WorkflowCancelled(_Event, tag="workflow.cancelled"):
     execution_id: Id
-    reason: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    reason: str | None = None
     event_id: EventId | None = None
 
 
 class BackupRequested(_Event, tag="backup.requested"):
     request_id: Id
     backup_type: BackupType = "manual"
-    requested_by: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    requested_by: str | None = None
 
 
 class BackupVerifyRequested(_Event, tag="backup.verify_requested"):
     request_id: Id
     backup_id: Annotated[int, msgspec.Meta(ge=1)]
-    requested_by: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    requested_by: str | None = None
 
 
 class BackupCompleted(_Event, tag="backup.completed"):
@@ -199,6 +199,14 @@ def _check_ids(event: Any) -> None:
                 f"invalid event: Expected `str` matching regex {ID_PATTERN!r} - at `$.{wire}`")
 
 
+def _empty_event_id_is_none(event: Any) -> None:
+    """An empty eventId is no id: the entry id stands in, as when it is absent. (Taken as
+    given, every event of an execution sent with "" would be one event: all but the first
+    dropped as resends.)"""
+    if getattr(event, "event_id", None) == "":
+        msgspec.structs.force_setattr(event, "event_id", None)
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     _check_size(raw)
     try:
@@ -216,6 +224,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise BadEventError(NESTED_TOO_DEEP) from None
     _check_ids(event)
     _check_data(event, len(raw))
+    _empty_event_id_is_none(event)
     return event
 
 
@@ -240,6 +249,7 @@ def validate(obj: Any) -> WorkflowEvent:
     except msgspec.ValidationError as exc:
         raise BadEventError(f"invalid event: {exc}") from None
     _check_ids(event)
+    _empty_event_id_is_none(event)
     raw = _encoder.encode(event)
     _check_size(raw)
     _check_data(event, len(raw))

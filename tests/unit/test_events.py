@@ -55,6 +55,25 @@ class TestDecoding:
         assert isinstance(cmd, events.BackupRequested)
         assert cmd.backup_type == "manual"
 
+    def test_fields_the_contract_does_not_bound_take_any_string(self) -> None:
+        """owner, reason and requestedBy have no bound in SPEC 3: only the entry's 256 KiB
+        limits them, so a producer that follows the contract is never dead-lettered."""
+        event = events.decode_workflow(raw(**started(owner="o" * 1000)))
+        assert event.owner == "o" * 1000
+        assert events.decode_workflow(raw(**started(owner=""))).owner == ""
+        cancelled = events.decode_workflow(raw(type="workflow.cancelled", executionId="e",
+                                               reason="r" * 10_000, ts=1))
+        assert cancelled.reason == "r" * 10_000
+        cmd = events.decode_backup(raw(type="backup.requested", requestId="r-1",
+                                       requestedBy="b" * 500, ts=1))
+        assert cmd.requested_by == "b" * 500
+
+    def test_an_empty_event_id_is_no_id(self) -> None:
+        """eventId "" is taken as absent (the entry id stands in): as given, every event an
+        execution got with "" would share one identity and all but one would be dropped."""
+        assert events.decode_workflow(raw(**started(eventId=""))).event_id is None
+        assert events.validate(started(eventId="")).event_id is None
+
     def test_encode_round_trips(self) -> None:
         """encode() writes camelCase and leaves out absent optional keys."""
         event = events.decode_workflow(raw(**started(owner="ann", eventId="ev-1")))
