@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -32,6 +32,7 @@ Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX,
                                  description="epoch milliseconds, set by the producer")]
 Data = Annotated[dict[str, Any], msgspec.Meta(description="a JSON object, at most 64 KiB encoded")]
 BackupType = Literal["manual", "scheduled", "pre-migration"]
+BACKUP_TYPES: tuple[str, ...] = get_args(BackupType)
 
 
 # msgspec, like Python's json, stops at about 1,000 levels of arrays and objects

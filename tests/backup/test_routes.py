@@ -15,11 +15,13 @@ from aiohttp.test_utils import TestClient
 from consumers.backup import BackupHandler
 from consumers.reader import GroupReader
 from tests.backup.conftest import populate
+from tests.helpers import wait_for
 from wks import backup_job
 from wks.config import Settings
 from wks.http.app import create_app
 from wks.http.auth import mint_token
 from wks.keys import GROUP_BACKUP
+from wks.liveness import running_consumers
 from wks.store import Store
 
 
@@ -44,7 +46,7 @@ async def worker(r: aioredis.Redis, settings: Settings) -> AsyncIterator[None]:
     reader = GroupReader(r, keys, name="backup", stream=keys.backup_stream, group=GROUP_BACKUP,
                          handler=BackupHandler(store, r, settings), block_ms=100)
     task = asyncio.create_task(reader.run(stop))
-    await reader.ensure_group()
+    await wait_for(lambda: running_consumers(r, keys, GROUP_BACKUP), 10, "the worker")
     yield
     stop.set()
     await task
@@ -89,6 +91,23 @@ async def test_create_list_get_verify_and_stats(api: TestClient, r: aioredis.Red
     stats = await (await api.get("/api/backups/stats", headers=admin)).json()
     assert stats["statistics"]["totalSize"] == backup["fileSizeBytes"]
     assert stats["statistics"]["failedBackups"] == 0
+
+
+@pytest.mark.usefixtures("worker")
+async def test_create_takes_an_optional_backup_type(api: TestClient, r: aioredis.Redis,
+                                                    settings: Settings):
+    """A body may name the backupType (manual without one); an unknown type is a 400 and
+    requests nothing."""
+    admin = await _headers(settings, r)
+    for body in ({"backupType": "weird"}, ["manual"]):
+        resp = await api.post("/api/backups?wait=0", headers=admin, json=body)
+        assert resp.status == 400
+        assert (await resp.json())["success"] is False
+    assert await r.xlen(settings.keys.backup_stream) == 0
+    resp = await api.post("/api/backups?wait=20", headers=admin,
+                          json={"backupType": "pre-migration"})
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["backup"]["backupType"] == "pre-migration"
 
 
 async def test_create_without_a_worker_answers_202_at_once(api: TestClient, r: aioredis.Redis,

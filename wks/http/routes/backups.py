@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from wks import backup_job
 from wks import backup_log as log
 from wks.errors import BackupError, NotFound
+from wks.events import BACKUP_TYPES
 from wks.http import openapi as oa
 from wks.http.auth import require_admin
 from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
@@ -74,12 +75,33 @@ async def _worker_running(request: web.Request) -> bool:
         return False
 
 
+async def _backup_type(request: web.Request) -> str:
+    """The optional body's `backupType` (`manual` without a body); other keys are ignored,
+    as unknown keys of an event are."""
+    if not request.can_read_body:
+        return "manual"
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):
+        raise ApiError(400, "body must be a JSON object (or absent)") from None
+    if body is None:
+        return "manual"
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object (or absent)")
+    kind = body.get("backupType", "manual")
+    if kind not in BACKUP_TYPES:
+        raise ApiError(400, f"backupType must be one of {', '.join(BACKUP_TYPES)}")
+    return str(kind)
+
+
 @routes.post("/api/backups")
 async def create_backup(request: web.Request) -> web.Response:
     principal = require_admin(request)
     wait = _wait(request)
+    kind = await _backup_type(request)
     try:
-        rid, _entry = await request.app[PRODUCER].request_backup(requested_by=principal.sub)
+        rid, _entry = await request.app[PRODUCER].request_backup(
+            backup_type=kind, requested_by=principal.sub)
         running = wait > 0 and await _worker_running(request)
     except REDIS_DOWN:
         raise ApiError(503, "Redis unreachable: backup not requested") from None
@@ -227,6 +249,10 @@ OPENAPI: dict[str, Any] = {
             "operationId": "createBackup",
             "parameters": [{"name": "wait", "in": "query", "required": False,
                             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT}}],
+            "requestBody": {"required": False, "content": oa.json_content({
+                "type": "object",
+                "properties": {"backupType": {"enum": list(BACKUP_TYPES),
+                                              "default": "manual"}}})},
             "responses": {
                 "201": oa.ok("The completed backup", _obj({
                     "success": {"const": True}, "message": {"type": "string"},
