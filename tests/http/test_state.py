@@ -151,6 +151,33 @@ async def test_sse_streams_progress_to_completion(client, admin, producer, fold)
     assert [s["progress"] for s in seen] == sorted(s["progress"] for s in seen)
 
 
+async def test_sse_subscribed_before_the_fold_waits_for_the_execution(
+    client, admin, producer, fold
+):
+    """Subscribing right after publishing `workflow.started` races the fold: the route waits
+    a moment for the execution (or, with ?after=, for that entry) instead of a 404."""
+    async def first_state(path: str) -> dict:
+        resp = await client.get(path, headers=admin)
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                resp.close()
+                return json.loads(line[6:])
+        raise AssertionError("the stream ended without a state")
+
+    await producer.started("early", "etl", 2)
+    waiting = asyncio.ensure_future(first_state(f"{BASE}/early/events"))
+    await asyncio.sleep(0)  # the request is on its way before anything is folded
+    await fold()
+    assert (await asyncio.wait_for(waiting, 10))["executionId"] == "early"
+
+    entry = await producer.started("later", "etl", 2)
+    waiting = asyncio.ensure_future(first_state(f"{BASE}/later/events?after={entry}&wait=10"))
+    await asyncio.sleep(0)
+    await fold()
+    assert (await asyncio.wait_for(waiting, 10))["executionId"] == "later"
+
+
 async def test_cleanup_fails_stale_executions_through_events(
     make_client, make_settings, token, producer, fold, r
 ):

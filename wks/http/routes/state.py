@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ MAX_WAIT = 60.0  # seconds a ?after= read may wait
 DEFAULT_WAIT = 5.0
 SSE_POLL = 0.25  # seconds between store polls of an SSE stream
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing an idle stream
+SSE_APPEAR_WAIT = 2.0  # seconds an SSE request for an unknown execution waits for it
 _ENTRY_ID = re.compile(oa.ENTRY_ID_PATTERN)
 _BASE = "/api/workflow-state"
 _DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
@@ -61,18 +63,25 @@ def _wait_params(query: Any) -> tuple[str | None, float]:
     return after, wait
 
 
-async def _await_entry(request: web.Request, entry_id: str, wait: float) -> None:
-    store = request.app[STORE]
+async def _poll(request: web.Request, done: Callable[[], Awaitable[bool]], wait: float) -> bool:
+    """Poll SQLite until `done()` (commits come from other processes); False after `wait`."""
     stop = request.app[SHUTDOWN]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     delay = 0.01
-    while not await store.entry_applied(entry_id):
+    while not await done():
         left = deadline - loop.time()
         if left <= 0 or stop.is_set():
-            raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s")
-        await wait_stop(stop, min(delay, left))  # polls SQLite: commits come from other processes
+            return False
+        await wait_stop(stop, min(delay, left))
         delay = min(delay * 2, 0.1)
+    return True
+
+
+async def _await_entry(request: web.Request, entry_id: str, wait: float) -> None:
+    store = request.app[STORE]
+    if not await _poll(request, lambda: store.entry_applied(entry_id), wait):
+        raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s")
 
 
 @routes.get(_BASE + "/active/list")
@@ -151,6 +160,19 @@ async def state_events(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     principal = principal_of(request)
     execution_id = request.match_info["executionId"]
+    after, wait = _wait_params(request.query)
+    exists, owner = await queries.owner_of(store, execution_id)
+    if exists and not visible(principal, owner):
+        raise not_found()
+    if after is not None:
+        await _await_entry(request, after, wait)
+    elif not exists:
+        # a client that subscribes right after publishing `workflow.started` would otherwise
+        # race the fold and get a 404 for an execution a few ms away
+        async def appeared() -> bool:
+            return (await queries.owner_of(store, execution_id))[0]
+
+        await _poll(request, appeared, SSE_APPEAR_WAIT)
     state = await queries.state_for(store, principal, execution_id)
     if state is None:
         raise not_found()
@@ -202,7 +224,15 @@ OPENAPI: dict[str, Any] = {
     _BASE + "/{executionId}/events": {"get": {
         "summary": "Server-Sent Events: the state each time it changes, until terminal",
         "operationId": "streamWorkflowState",
-        "parameters": [oa.execution_id_param()],
+        "parameters": [
+            oa.execution_id_param(),
+            {"name": "after", "in": "query", "required": False,
+             "schema": {"type": "string", "pattern": oa.ENTRY_ID_PATTERN},
+             "description": "start only once this stream entry has been applied"},
+            {"name": "wait", "in": "query", "required": False,
+             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+             "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
+        ],
         "responses": {
             "200": {"description": "`data: <state JSON>` lines",
                     "content": {"text/event-stream": {"schema": {
@@ -211,7 +241,7 @@ OPENAPI: dict[str, Any] = {
                         "properties": {"data": {"type": "string",
                                                 "contentMediaType": "application/json",
                                                 "contentSchema": oa.ref("State")}}}}}},
-            **oa.errors(404),
+            **oa.errors(400, 404, 504),
         },
     }},
     _BASE + "/active/list": {"get": {
