@@ -49,6 +49,9 @@ _LOG = _LOG_ROWS.format(rows="VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 # the one-step forms need the ->> operator (SQLite 3.38); older SQLite keeps executemany
 JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
+# up to this many rows, executemany: building the one-step parameters costs more than the
+# steps they save when there are only a few
+PLAIN_MAX = 4
 
 
 def _json_columns(n: int) -> str:
@@ -250,11 +253,14 @@ def _add(part: Sequence[Entry], payloads: list[bytes], cut: _Cut | None) -> _Cut
 
 
 def _cuttable(entries: Sequence[Entry]) -> bool:
-    """Can records carry these rows? 20 digits hold any valid ts; one that bypassed
-    validation goes row by row, and fails there. (`_fields` also leaves entry ids of 19
-    digits or more to the row-by-row path, which stores those up to 2^63-1 and refuses the
-    rest: SQLite's CAST would clamp them.)"""
-    return JSON_ROWS and all(0 <= e.event.ts <= INT64_MAX for e in entries)
+    """Can records carry these rows, and is it worth it? A batch of a few entries (low rates:
+    written from the event loop's thread, where a step costs no GIL hand-over) goes row by
+    row, which skips building records (~50 us for one entry). 20 digits hold any valid ts;
+    one that bypassed validation goes row by row, and fails there. (`_fields` also leaves
+    entry ids of 19 digits or more to the row-by-row path, which stores those up to 2^63-1
+    and refuses the rest: SQLite's CAST would clamp them.)"""
+    return (JSON_ROWS and len(entries) > PLAIN_MAX
+            and all(0 <= e.event.ts <= INT64_MAX for e in entries))
 
 
 def _log_rows(entries: Sequence[Entry], payloads: list[bytes], cut: _Cut | None) -> LogRows:
@@ -316,7 +322,7 @@ def _cut(rows: list[tuple[Any, ...]], limit: int) -> tuple[str, bytes] | None:
 
 def write_states(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     _in_transaction(db)
-    cut = _cut(rows, _max_param(db))
+    cut = None if len(rows) <= PLAIN_MAX else _cut(rows, _max_param(db))
     if cut is None:
         db.executemany(_UPSERT, rows)
     else:

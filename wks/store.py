@@ -123,7 +123,7 @@ _found = msgspec.json.Decoder(list[tuple[str, str]])
 
 def _load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
     """The stored folds of these executions."""
-    if batch_rows.JSON_ROWS:
+    if batch_rows.JSON_ROWS and len(ids) > batch_rows.PLAIN_MAX:
         try:
             (found_json,) = db.execute(_LOAD_JSON, (_json.encode(ids).decode(),)).fetchone()
             return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
