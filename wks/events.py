@@ -8,6 +8,7 @@ rules: new fields get defaults, a field's type never changes.
 
 from __future__ import annotations
 
+import re
 import string
 import time
 from typing import Annotated, Any, Literal, get_args
@@ -35,8 +36,29 @@ BackupType = Literal["manual", "scheduled", "pre-migration"]
 BACKUP_TYPES: tuple[str, ...] = get_args(BackupType)
 
 
-# msgspec, like Python's json, stops at about 1,000 levels of arrays and objects
-NESTED_TOO_DEEP = "invalid event: JSON nested too deeply (the limit is about 1,000 levels)"
+# Arrays and objects nested deeper than this make an event bad. msgspec and Python's json
+# give up at about 1,000 levels less the depth of the caller's stack, so an event decoded
+# near the limit could fail later, encoded again deeper in a call stack (the fold, the API).
+MAX_NESTING = 128
+NESTED_TOO_DEEP = f"invalid event: JSON nested deeper than {MAX_NESTING} levels"
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Is `raw` (JSON) nested deeper than MAX_NESTING? The count of opening brackets bounds
+    the depth, so the exact walk only runs for an entry holding many of them."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    depth = 0
+    for token in _TOKENS.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    return False
 
 DECODE_SLICE = 1000  # entries a consumer decodes between two turns of its event loop
 
@@ -210,6 +232,8 @@ def _empty_event_id_is_none(event: Any) -> None:
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     _check_size(raw)
+    if _too_deep(raw):
+        raise BadEventError(NESTED_TOO_DEEP)
     try:
         event = decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -221,7 +245,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     except UnicodeDecodeError as exc:  # before msgspec 0.23: JSON text must be UTF-8
         raise BadEventError(f"not JSON: a string is not UTF-8 ({exc.reason} at byte "
                             f"{exc.start} of the string)") from None
-    except RecursionError:  # msgspec parses (and skips) unknown keys with the C stack too
+    except RecursionError:  # a deep caller's stack: msgspec's limit is relative to it
         raise BadEventError(NESTED_TOO_DEEP) from None
     _check_ids(event)
     _check_data(event, len(raw))
@@ -247,11 +271,15 @@ def validate(obj: Any) -> WorkflowEvent:
     """Validate an already-parsed JSON value (HTTP ingest) as a workflow event."""
     try:
         event = msgspec.convert(obj, WorkflowEvent)
+        _check_ids(event)
+        _empty_event_id_is_none(event)
+        raw = _encoder.encode(event)
     except msgspec.ValidationError as exc:
         raise BadEventError(f"invalid event: {exc}") from None
-    _check_ids(event)
-    _empty_event_id_is_none(event)
-    raw = _encoder.encode(event)
+    except RecursionError:
+        raise BadEventError(NESTED_TOO_DEEP) from None
+    if _too_deep(raw):
+        raise BadEventError(NESTED_TOO_DEEP)
     _check_size(raw)
     _check_data(event, len(raw))
     return event  # type: ignore[no-any-return]

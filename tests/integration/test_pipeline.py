@@ -116,7 +116,7 @@ class TestBadInput:
                             b'"totalSteps":2000000,"ts":1}',
             "oversized": b'{"type":"workflow.completed","executionId":"x","ts":1,"pad":"'
                          + b"x" * (300 * 1024) + b'"}',
-            # 10 KB, valid JSON, nested past the decoder's depth limit in an unknown key
+            # 10 KB, valid JSON, nested past the depth limit in an unknown key
             "too deep": b'{"type":"workflow.completed","executionId":"x","ts":1,"pad":'
                         + b"[" * 5000 + b"]" * 5000 + b"}",
         }
@@ -147,7 +147,7 @@ class TestBadInput:
         assert b"not JSON" in by_entry[bad_ids["not json"]][b"reason"]
         assert b"totalSteps" in by_entry[bad_ids["broken bound"]][b"reason"]
         assert b"byte limit" in by_entry[bad_ids["oversized"]][b"reason"]
-        assert b"nested too deeply" in by_entry[bad_ids["too deep"]][b"reason"]
+        assert b"nested deeper than 128" in by_entry[bad_ids["too deep"]][b"reason"]
         assert (await r.xpending(stream, GROUP_STATE))["pending"] == 0
 
     async def test_entry_delivered_too_often_is_dead_lettered(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,29 @@ class TestBadEvents:
         with pytest.raises(BadEventError) as info:
             events.decode_workflow(body)
         assert reason in info.value.reason
+
+    def test_nesting_past_the_limit_is_bad_wherever_it_is(self) -> None:
+        """128 levels are fine and 129 are not: in data, in an unknown key, or through the
+        HTTP path. The parser's own limit (~1,000 less the caller's stack) would let an event
+        through that fails when encoded again deeper in a call stack. Brackets inside
+        strings are text."""
+        def nested(depth: int) -> Any:
+            value: Any = {}
+            for _ in range(depth - 1):
+                value = {"k": value}
+            return value
+
+        limit = events.MAX_NESTING
+        ok = events.decode_workflow(raw(**started(data=nested(limit - 1))))  # + the event
+        assert ok.data is not None
+        for body in (raw(**started(data=nested(limit))),
+                     raw(**started(extra=[nested(limit)]))):
+            with pytest.raises(BadEventError, match="nested deeper than 128"):
+                events.decode_workflow(body)
+        with pytest.raises(BadEventError, match="nested deeper than 128"):
+            events.validate(started(data=nested(limit)))
+        text = "[{" * 1000
+        assert events.decode_workflow(raw(**started(data={"s": text}))).data == {"s": text}
 
     def test_data_over_64k_is_bad(self) -> None:
         """`data` is capped at 64 KiB encoded even when the entry is under 256 KiB."""

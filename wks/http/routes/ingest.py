@@ -74,7 +74,7 @@ async def ingest(request: web.Request) -> web.Response:
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise ApiError(400, "body must be a JSON array of workflow events") from None
     except RecursionError:
-        raise ApiError(400, "body is JSON nested too deeply (about 1,000 levels)") from None
+        raise ApiError(400, "body is JSON nested too deeply for the parser") from None
     if not isinstance(body, list) or not body:
         raise ApiError(400, "body must be a non-empty JSON array of workflow events")
     good: list[tuple[int, WorkflowEvent]] = []
