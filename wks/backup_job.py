@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from wks import backup as files
 from wks import backup_log as log
-from wks import metrics
+from wks import catch_up, metrics
 from wks.config import BACKUP_INTERVAL_MAX, BACKUP_INTERVAL_MIN, COMPRESSIONS, Settings
 from wks.errors import BackupError, LockError, NotFound, StaleFencingToken
 from wks.keys import GROUP_STATE, Keys
@@ -179,7 +179,9 @@ async def take_backup(
     config = config or await read_config(redis, settings)
     directory = files.ensure_dir(settings.backup_dir)
     await sweep(store, directory)
-    replay_from = await safe_point(redis, settings.keys)
+    # a database still finishing a restore's catch-up lacks entries from before that point
+    replay_from = catch_up.earlier(await safe_point(redis, settings.keys),
+                                   await catch_up.pending(store))
     started = time.perf_counter()
     when = files.utcnow()
     token = lock.token or 0

@@ -19,19 +19,35 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.aio import wait_stop
+from wks.events import split_entry_id
 from wks.keys import Keys
 from wks.redis import REDIS_DOWN, Backoff
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
 
 
+def earlier(a: str, b: str | None) -> str:
+    """The earlier of two stream positions ('-' is the stream's start; None: no bound)."""
+    if b is None:
+        return a
+    if "-" in (a, b):
+        return "-"
+    return min(a, b, key=split_entry_id)
+
+
 async def mark(store: Store, replay_from: str, backup: str) -> None:
-    """Record the catch-up the restored copy in `store` still needs."""
+    """Record the catch-up the restored copy in `store` still needs. A copy that carries an
+    unfinished catch-up of its own (its backup was taken during one) keeps the earlier
+    start."""
     async with store.transaction("record the restore's catch-up") as conn:
+        cursor = await conn.execute("SELECT replay_from FROM restore_catch_up WHERE id = 1")
+        row = await cursor.fetchone()
+        await cursor.close()
+        start = earlier(replay_from, None if row is None else str(row[0]))
         await conn.execute(
             "INSERT OR REPLACE INTO restore_catch_up (id, replay_from, backup, restored_at)"
             " VALUES (1, ?, ?, ?)",
-            (replay_from, backup, datetime.now(UTC).isoformat(timespec="seconds")))
+            (start, backup, datetime.now(UTC).isoformat(timespec="seconds")))
 
 
 async def pending(store: Store) -> str | None:

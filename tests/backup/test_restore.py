@@ -173,6 +173,9 @@ async def test_a_restore_killed_during_its_catch_up_is_finished_before_folding_r
         assert start is not None
         db = await health.database(store)
         assert (db["status"], db["restoreCatchUpFrom"]) == ("degraded", start)
+        # a backup of the unfinished database must replay from where its catch-up starts
+        behind = await backup_job.locked_backup(store, r, settings)
+        assert catch_up.earlier(behind["replay_from"], start) == behind["replay_from"]
     assert await _states(settings.db_path) != before  # the backup alone is behind
 
     rt = Runtime(settings, r, settings.redis_url or "", "external")
@@ -181,6 +184,10 @@ async def test_a_restore_killed_during_its_catch_up_is_finished_before_folding_r
     async with await Store.open(settings.db_path) as store:
         assert await catch_up.pending(store) is None
         assert (await health.database(store))["status"] == "healthy"
+
+    await _disaster(settings.db_path)  # and restoring that backup gives the whole state
+    assert await restore(settings, r, int(behind["id"])) is not None
+    assert await _states(settings.db_path) == before
 
 
 def _sound(db: Path) -> int:
