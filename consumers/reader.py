@@ -166,13 +166,16 @@ class GroupReader:
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set (or, in burst mode, until drained)."""
+        """Consume until `stop` is set (or, in burst mode, until drained), keeping a
+        heartbeat (wks.liveness) while it runs."""
+        async with self._heartbeat.running():
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         metrics.CONSUMER_UP.labels(self.group).set(1)
         self._acking = None
         inflight: asyncio.Task[bool] | None = None
         inflight_batch: list[RawEntry] = []
-        beating = asyncio.Event()  # set: the heartbeat stops (with the loop)
-        heartbeat = asyncio.create_task(self._heartbeat.run(beating))
         try:
             await self._until_ok(self.ensure_group, stop)
             await self._prune()
@@ -214,9 +217,6 @@ class GroupReader:
                 await self._acked()
             finally:
                 metrics.CONSUMER_UP.labels(self.group).set(0)
-                beating.set()
-                heartbeat.cancel()
-                await self._heartbeat.clear()
 
     async def _until_ok(self, op: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -58,15 +58,18 @@ async def pending(store: Store) -> str | None:
 
 async def finish(
     redis: aioredis.Redis, keys: Keys, store: Store,
-    on_page: Callable[[FoldStats], None] | None = None,
+    on_page: Callable[[FoldStats], None] | None = None, stop: asyncio.Event | None = None,
 ) -> FoldStats | None:
-    """Run the recorded catch-up, if any, and clear the record; None when there was none."""
+    """Run the recorded catch-up, if any, and clear the record (kept when `stop` cut the
+    fold short: the next start folds the range again); None when there was none."""
     start = await pending(store)
     if start is None:
         return None
-    stats = await fold_range(redis, keys.workflow_stream, store, start, on_page=on_page)
-    async with store.transaction("clear the restore's catch-up") as conn:
-        await conn.execute("DELETE FROM restore_catch_up")
+    stats = await fold_range(redis, keys.workflow_stream, store, start, on_page=on_page,
+                             stop=stop)
+    if not stats.stopped:
+        async with store.transaction("clear the restore's catch-up") as conn:
+            await conn.execute("DELETE FROM restore_catch_up")
     return stats
 
 
@@ -75,7 +78,8 @@ async def finish_before_folding(
 ) -> None:
     """For a state consumer at start: finish an interrupted restore's catch-up first (the
     group has acknowledged those entries: nothing else would fold them), waiting out Redis
-    outages like the consumer itself."""
+    outages like the consumer itself. The caller keeps its heartbeat meanwhile, so that a
+    restore does not take it for stopped."""
     backoff = Backoff()
     while not stop.is_set():
         try:
@@ -84,8 +88,8 @@ async def finish_before_folding(
                 return
             logger.warning("finishing an interrupted restore: folding the stream from {}",
                            start)
-            stats = await finish(redis, keys, store)
-            if stats is not None:
+            stats = await finish(redis, keys, store, stop=stop)
+            if stats is not None and not stats.stopped:
                 logger.info("restore catch-up done: {} entries folded", stats.entries)
             return
         except REDIS_DOWN as exc:

@@ -9,8 +9,8 @@ runs on Redis's clock, so no host's clock matters. Running consumers are the nam
 still exists; names whose key expired (a killed worker) are dropped from the set by whoever
 asks next.
 
-    beat = Heartbeat(redis, keys, "state", name)  # in consumers.reader.GroupReader
-    task = asyncio.create_task(beat.run(stop))
+    async with Heartbeat(redis, keys, "state", name).running():  # GroupReader.run does
+        ...
     await running_consumers(redis, keys, "state")  # ["host-123-ab12cd", ...]
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from loguru import logger
@@ -48,15 +49,29 @@ class Heartbeat:
             await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Beat until `stop` is set or the task is cancelled; Redis trouble only skips a
-        beat (the reader reports it)."""
+        """Beat until `stop` is set or the task is cancelled. A failed beat is only skipped
+        (Redis trouble is the reader's to report), never the end of the beating."""
+        log = logger.bind(group=self.group, consumer=self.consumer)
         while not stop.is_set():
             try:
                 await self.beat()
             except (*REDIS_DOWN, ResponseError) as exc:
-                logger.bind(group=self.group, consumer=self.consumer).debug(
-                    "heartbeat failed: {}", exc)
+                log.debug("heartbeat failed: {}", exc)
+            except Exception as exc:
+                log.opt(exception=exc).warning("heartbeat failed: {}", exc)
             await wait_stop(stop, BEAT_EVERY)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Beat while the block runs; gone at once when it ends."""
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            task.cancel()
+            await self.clear()
 
     async def clear(self, timeout: float = 1.0) -> None:
         """On a clean stop: gone at once, not LIVE_TTL_MS later. Best effort, bounded."""

@@ -89,6 +89,7 @@ class FoldStats:
     applied: int = 0
     bad: int = 0
     last_entry_id: str | None = None
+    stopped: bool = False  # `stop` was set before the range was done
 
 
 async def fold_range(
@@ -100,8 +101,10 @@ async def fold_range(
     *,
     page: int = FOLD_BATCH,
     on_page: Callable[[FoldStats], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> FoldStats:
-    """Fold every valid workflow entry of `stream` in [start, end] into `store`."""
+    """Fold every valid workflow entry of `stream` in [start, end] into `store`; with
+    `stop`, end after the page in hand once it is set (`stopped` says so)."""
     stats = FoldStats()
     pages = iter_pages(redis, stream, start, end, page)
 
@@ -131,6 +134,9 @@ async def fold_range(
             stats.last_entry_id = rows[-1][0]
             if on_page is not None:
                 on_page(stats)
+            if stop is not None and stop.is_set():
+                stats.stopped = True
+                break
     finally:
         if not ahead.done():
             ahead.cancel()

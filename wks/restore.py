@@ -259,10 +259,10 @@ async def restore(
         stats = await catch_up.finish(redis, settings.keys, store, on_page=on_page)
     finally:
         await store.close()
-    assert stats is not None  # the restored copy was marked before the swap
+    replayed = 0 if stats is None else stats.entries  # None: a consumer finished it (--force)
     logger.info("restored backup {} and replayed {} entries from {}",
-                backup_id or path.name, stats.entries, start)
-    return RestoreResult(backup_id, safety_id, start, stats.entries)
+                backup_id or path.name, replayed, start)
+    return RestoreResult(backup_id, safety_id, start, replayed)
 
 
 def _ms_bound(started_at: str) -> str:

@@ -173,6 +173,13 @@ async def test_a_restore_killed_during_its_catch_up_is_finished_before_folding_r
         assert start is not None
         db = await health.database(store)
         assert (db["status"], db["restoreCatchUpFrom"]) == ("degraded", start)
+        # a worker stopped during the catch-up leaves the record for the next start
+        stopped = asyncio.Event()
+        stopped.set()
+        cut = await catch_up.finish(r, settings.keys, store, stop=stopped)
+        assert cut is not None
+        assert cut.stopped
+        assert await catch_up.pending(store) == start
         # a backup of the unfinished database must replay from where its catch-up starts
         behind = await backup_job.locked_backup(store, r, settings)
         assert catch_up.earlier(behind["replay_from"], start) == behind["replay_from"]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
-from consumers.reader import GroupReader
+from consumers.reader import GroupReader, consumer_name
 from consumers.retention import retention_service
 from consumers.state import StateHandler
 from wks import catch_up
 from wks.cli.backup_service import backup_service
 from wks.cli.runtime import Runtime, Service
 from wks.keys import GROUP_BACKUP, GROUP_STATE
+from wks.liveness import Heartbeat
 from wks.store import FOLD_BATCH, Store
 
 # `wks up` serves the API from the same event loop, and during a backlog a full FOLD_BATCH
@@ -32,8 +33,10 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
     async def run(stop: asyncio.Event) -> None:
         store = await Store.open(settings.db_path)
         store.commit_small_on_loop = not shared_loop
+        name = consumer_name()
         try:
-            await catch_up.finish_before_folding(rt.redis, keys, store, stop)
+            async with Heartbeat(rt.redis, keys, GROUP_STATE, name).running():
+                await catch_up.finish_before_folding(rt.redis, keys, store, stop)
             handler = StateHandler(
                 store, rt.redis, keys, settings.state_ttl,
                 crash_after_commit=settings.debug_crash_after_commit,
@@ -43,6 +46,7 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
                 handler=handler, claim_idle=settings.claim_idle,
                 max_deliveries=settings.max_deliveries,
                 batch_size=SHARED_LOOP_BATCH if shared_loop else FOLD_BATCH, burst=burst,
+                consumer=name,
             )
             rt.readers[GROUP_STATE] = reader
             await reader.run(stop)
