@@ -143,7 +143,7 @@ class GroupReader:
         self._last_prune = float("-inf")
         self._backoff = Backoff()
         self._acks = Acknowledger(redis, keys, stream, group)
-        self._pruner = ConsumerPruner(redis, stream, group, self.consumer, prune_idle)
+        self._pruner = ConsumerPruner(redis, keys, stream, group, self.consumer, prune_idle)
         self._heartbeat = Heartbeat(redis, keys, group, self.consumer)
         self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)

@@ -14,6 +14,7 @@ from tests.consumers import state_reader
 from tests.helpers import without_scripts
 from tests.workload import workload
 from wks.config import Settings
+from wks.liveness import Heartbeat
 from wks.redis import text
 from wks.store import Store
 
@@ -29,24 +30,27 @@ async def _read_one(r: aioredis.Redis, stream: str, group: str, consumer: str) -
 
 @pytest.mark.both_redis
 async def test_only_idle_consumers_without_pending_entries_are_removed(
-    r: aioredis.Redis, prefix: str, redis_kind: str
+    r: aioredis.Redis, settings: Settings, prefix: str, redis_kind: str
 ) -> None:
-    stream, group = f"{prefix}:s", "g"
+    stream, group, keys = f"{prefix}:s", "g", settings.keys
     await r.xgroup_create(stream, group, id="0", mkstream=True)
-    for i in range(3):
+    for i in range(4):
         await r.xadd(stream, {"event": str(i)})
     done = await _read_one(r, stream, group, "gone-empty")
     await r.xack(stream, group, done)
     await _read_one(r, stream, group, "gone-holding")  # stays pending: claimable later
     await _read_one(r, stream, group, "me")
+    await r.xack(stream, group, await _read_one(r, stream, group, "quiet"))
 
     # everyone read just now: with an hour's idleness required, nobody goes
-    assert await ConsumerPruner(r, stream, group, "me", 3600).prune() == 0
-    assert await _names(r, stream, group) == {"gone-empty", "gone-holding", "me"}
+    assert await ConsumerPruner(r, keys, stream, group, "me", 3600).prune() == 0
+    assert await _names(r, stream, group) == {"gone-empty", "gone-holding", "me", "quiet"}
 
-    removed = await ConsumerPruner(r, stream, group, "me", 0).prune()
+    await Heartbeat(r, keys, group, "quiet").beat()  # running, nothing delivered for long
+    removed = await ConsumerPruner(r, keys, stream, group, "me", 0).prune()
     assert removed == 1
-    assert await _names(r, stream, group) == {"gone-holding", "me"}  # the caller is kept too
+    # the caller is kept, and so is a consumer with a heartbeat
+    assert await _names(r, stream, group) == {"gone-holding", "me", "quiet"}
     pending = await r.xpending(stream, group)
     assert pending["pending"] == 2  # nothing pending was dropped with a consumer
 
@@ -77,7 +81,7 @@ async def test_nothing_is_removed_where_scripts_are_refused(redis_factory: objec
         await r.xgroup_create("s", "g", id="0", mkstream=True)
         await r.xadd("s", {"event": "x"})
         await r.xack("s", "g", await _read_one(r, "s", "g", "gone"))
-        pruner = ConsumerPruner(r, "s", "g", "me", 0)
+        pruner = ConsumerPruner(r, Settings().keys, "s", "g", "me", 0)
         assert await pruner.prune() == 0
         assert await pruner.prune() == 0  # refused once: not tried again
         assert pruner._script is None
