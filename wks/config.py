@@ -88,8 +88,11 @@ BACKUP_INTERVAL_MIN = 1.0  # seconds
 BACKUP_INTERVAL_MAX = 366 * 86_400.0
 
 
-def _in_interval_range(value: float, text: Any) -> float:
+def _in_interval_range(value: float, text: Any, *, millis: bool = False) -> float:
     if not BACKUP_INTERVAL_MIN <= value <= BACKUP_INTERVAL_MAX:
+        if millis:
+            raise ValueError(f"must be between {BACKUP_INTERVAL_MIN * 1000:.0f} and "
+                             f"{BACKUP_INTERVAL_MAX * 1000:.0f} ms, got {text!r}")
         raise ValueError(f"must be between 1s and 366d, got {text!r} (a plain number is "
                          "seconds in WKS_ names and wks.toml; 86400000ms is a day)")
     return value
@@ -285,7 +288,8 @@ def _load(env: Mapping[str, str], toml_path: Path | None, cwd: Path) -> Settings
             elif seed not in (None, ""):
                 origin = "AUTO_BACKUP_INTERVAL"
                 # the seed's unit is ms
-                values["auto_backup_interval"] = _in_interval_range(_millis(seed), seed)
+                values["auto_backup_interval"] = _in_interval_range(
+                    _millis(seed), seed, millis=True)
         except ValueError as exc:
             raise ConfigError(origin, str(exc)) from None
 

@@ -88,7 +88,7 @@ async def _backup_type(request: web.Request) -> str:
         return "manual"
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object (or absent)")
-    kind = body.get("backupType", "manual")
+    kind = body.get("backupType") or "manual"  # absent or null: the default
     if kind not in BACKUP_TYPES:
         raise ApiError(400, f"backupType must be one of {', '.join(BACKUP_TYPES)}")
     return str(kind)

@@ -163,6 +163,8 @@ async def state_events(request: web.Request) -> web.StreamResponse:
     after, wait = _wait_params(request.query)
     exists, owner = await queries.owner_of(store, execution_id)
     if exists and not visible(principal, owner):
+        # as long as for one that does not exist: the time must not tell which it is
+        await wait_stop(request.app[SHUTDOWN], SSE_APPEAR_WAIT)
         raise not_found()
     if after is not None:
         await _await_entry(request, after, wait)
