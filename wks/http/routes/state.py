@@ -208,33 +208,32 @@ _STATE_OK = {"type": "object", "required": ["success", "state"], "additionalProp
              "properties": {"success": {"const": True}, "state": oa.ref("State")}}
 _COUNT = {"type": "integer", "minimum": 0}
 
+
+
+def _after_params(what: str) -> list[dict[str, Any]]:
+    """The execution id and the read-your-writes pair (`?after=ENTRY_ID&wait=S`)."""
+    return [
+        oa.execution_id_param(),
+        {"name": "after", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": oa.ENTRY_ID_PATTERN},
+         "description": f"{what} only once this stream entry has been applied"},
+        {"name": "wait", "in": "query", "required": False,
+         "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+         "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
+    ]
+
+
 OPENAPI: dict[str, Any] = {
     _BASE + "/{executionId}": {"get": {
         "summary": "An execution's state; with ?after=, once that stream entry is applied",
         "operationId": "getWorkflowState",
-        "parameters": [
-            oa.execution_id_param(),
-            {"name": "after", "in": "query", "required": False,
-             "schema": {"type": "string", "pattern": oa.ENTRY_ID_PATTERN},
-             "description": "answer only once this stream entry has been applied"},
-            {"name": "wait", "in": "query", "required": False,
-             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-             "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
-        ],
+        "parameters": _after_params("answer"),
         "responses": {"200": oa.ok("The state", _STATE_OK), **oa.errors(400, 404, 504)},
     }},
     _BASE + "/{executionId}/events": {"get": {
         "summary": "Server-Sent Events: the state each time it changes, until terminal",
         "operationId": "streamWorkflowState",
-        "parameters": [
-            oa.execution_id_param(),
-            {"name": "after", "in": "query", "required": False,
-             "schema": {"type": "string", "pattern": oa.ENTRY_ID_PATTERN},
-             "description": "start only once this stream entry has been applied"},
-            {"name": "wait", "in": "query", "required": False,
-             "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-             "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
-        ],
+        "parameters": _after_params("start"),
         "responses": {
             "200": {"description": "`data: <state JSON>` lines",
                     "content": {"text/event-stream": {"schema": {
