@@ -209,7 +209,6 @@ _STATE_OK = {"type": "object", "required": ["success", "state"], "additionalProp
 _COUNT = {"type": "integer", "minimum": 0}
 
 
-
 def _after_params(what: str) -> list[dict[str, Any]]:
     """The execution id and the read-your-writes pair (`?after=ENTRY_ID&wait=S`)."""
     return [
