@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from consumers.reader import GroupReader, consumer_name
+from consumers.reader import GroupReader
 from consumers.retention import retention_service
 from consumers.state import StateHandler
 from wks import catch_up
@@ -33,23 +33,23 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
     async def run(stop: asyncio.Event) -> None:
         store = await Store.open(settings.db_path)
         store.commit_small_on_loop = not shared_loop
-        name = consumer_name()
+        handler = StateHandler(
+            store, rt.redis, keys, settings.state_ttl,
+            crash_after_commit=settings.debug_crash_after_commit,
+        )
+        reader = GroupReader(
+            rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
+            handler=handler, claim_idle=settings.claim_idle,
+            max_deliveries=settings.max_deliveries,
+            batch_size=SHARED_LOOP_BATCH if shared_loop else FOLD_BATCH, burst=burst,
+        )
         try:
-            async with Heartbeat(rt.redis, keys, GROUP_STATE, name).running():
+            # the reader's heartbeat from the start: a restore must not take this process
+            # for stopped while it finishes an interrupted restore's catch-up
+            async with Heartbeat(rt.redis, keys, GROUP_STATE, reader.consumer).running():
                 await catch_up.finish_before_folding(rt.redis, keys, store, stop)
-            handler = StateHandler(
-                store, rt.redis, keys, settings.state_ttl,
-                crash_after_commit=settings.debug_crash_after_commit,
-            )
-            reader = GroupReader(
-                rt.redis, keys, name="workflow", stream=keys.workflow_stream, group=GROUP_STATE,
-                handler=handler, claim_idle=settings.claim_idle,
-                max_deliveries=settings.max_deliveries,
-                batch_size=SHARED_LOOP_BATCH if shared_loop else FOLD_BATCH, burst=burst,
-                consumer=name,
-            )
-            rt.readers[GROUP_STATE] = reader
-            await reader.run(stop)
+                rt.readers[GROUP_STATE] = reader
+                await reader.run(stop)
         finally:
             await store.close()
 
