@@ -70,17 +70,23 @@ async def test_users_see_only_their_own_executions(client, token, producer, fold
     """A user gets 404 (not 403) for another's execution everywhere, and filtered lists."""
     await _seed(producer, fold)
     bob = bearer(await token("bob", "user"))
+    applied = await producer.started("b2", "etl", 1, owner="bob")
+    await fold()
     for path in (f"{BASE}/a1", f"{BASE}/a1/events", "/api/audit/executions/a1/events",
-                 f"{BASE}/a1?after=0-1&wait=0"):
+                 f"{BASE}/a1?after={applied}&wait=0"):
         resp = await client.get(path, headers=bob)
         assert resp.status == 404, path
+    # waiting for an entry never applied: as for an execution that does not exist, so the
+    # answer does not tell that another's exists
+    for eid in ("a1", "nope"):
+        assert (await client.get(f"{BASE}/{eid}?after=0-1&wait=0", headers=bob)).status == 504
     assert (await client.get(f"{BASE}/b1", headers=bob)).status == 200
     body = await (await client.get(f"{BASE}/active/list", headers=bob)).json()
-    assert body["activeExecutions"] == ["b1"]
+    assert sorted(body["activeExecutions"]) == ["b1", "b2"]
     body = await (await client.get(f"{BASE}/active/detailed", headers=bob)).json()
-    assert [w["executionId"] for w in body["workflows"]] == ["b1"]
+    assert sorted(w["executionId"] for w in body["workflows"]) == ["b1", "b2"]
     stats = (await (await client.get(f"{BASE}/stats/overview", headers=bob)).json())["statistics"]
-    assert stats["activeExecutions"] == 1
+    assert stats["activeExecutions"] == 2
     assert stats["executionsByStatus"]["completed"] == 0
 
 
