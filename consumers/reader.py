@@ -144,7 +144,7 @@ class GroupReader:
         self._backoff = Backoff()
         self._acks = Acknowledger(redis, keys, stream, group)
         self._pruner = ConsumerPruner(redis, keys, stream, group, self.consumer, prune_idle)
-        self._heartbeat = Heartbeat(redis, keys, group, self.consumer)
+        self.heartbeat = Heartbeat(redis, keys, group, self.consumer)
         self._size = ReadSize(batch_size)  # entries per read: batch_size, fewer if they are big
         self._log = logger.bind(stream=stream, group=group, consumer=self.consumer)
         self._acking: asyncio.Task[None] | None = None  # the last committed batch's XACK
@@ -168,7 +168,7 @@ class GroupReader:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set (or, in burst mode, until drained), keeping a
         heartbeat (wks.liveness) while it runs."""
-        async with self._heartbeat.running():
+        async with self.heartbeat.running():
             await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
@@ -552,7 +552,7 @@ class GroupReader:
 
     async def _maybe_stats(self) -> None:
         now = time.monotonic()
-        if now - self._last_prune >= _PRUNE_EVERY:
+        if now - self._last_prune >= _PRUNE_EVERY:  # housekeeping at the same pace
             await self._prune()
         if now - self._last_stats < self.stats_every:
             return

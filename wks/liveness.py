@@ -41,6 +41,7 @@ class Heartbeat:
         self.consumer = consumer
         self.key = keys.worker_heartbeat(group, consumer)
         self.registry = keys.group_consumers(group)
+        self._holders = 0  # blocks inside `running()`: one beating task for all of them
 
     async def beat(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -63,12 +64,21 @@ class Heartbeat:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Beat while the block runs; gone at once when it ends."""
+        """Beat while the block runs; gone at once when it ends. Nested blocks share the
+        outer one's beating (a service that works before its reader runs, then runs it)."""
+        self._holders += 1
+        if self._holders > 1:
+            try:
+                yield
+            finally:
+                self._holders -= 1
+            return
         stop = asyncio.Event()
         task = asyncio.create_task(self.run(stop))
         try:
             yield
         finally:
+            self._holders -= 1
             stop.set()
             task.cancel()
             await self.clear()

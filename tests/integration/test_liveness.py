@@ -54,3 +54,18 @@ async def test_a_reader_beats_while_it_runs_and_clears_when_it_stops(
             stop.set()
             await task
     assert await running_consumers(r, keys, GROUP_STATE) == []
+
+
+async def test_nested_blocks_share_one_heartbeat(
+    r: aioredis.Redis, settings: Settings, redis_kind: str
+) -> None:
+    """A service beats under its reader's name before the reader runs, then runs it: the
+    reader's own block leaves the beating to the outer one, which clears it at its end."""
+    keys = settings.keys
+    beat = Heartbeat(r, keys, "g", "svc")
+    async with beat.running():
+        await wait_for(lambda: running_consumers(r, keys, "g"), 10, "the first beat")
+        async with beat.running():
+            pass
+        assert await running_consumers(r, keys, "g") == ["svc"]  # the inner end cleared nothing
+    assert await running_consumers(r, keys, "g") == []

@@ -14,7 +14,6 @@ from wks import catch_up
 from wks.cli.backup_service import backup_service
 from wks.cli.runtime import Runtime, Service
 from wks.keys import GROUP_BACKUP, GROUP_STATE
-from wks.liveness import Heartbeat
 from wks.store import FOLD_BATCH, Store
 
 # `wks up` serves the API from the same event loop, and during a backlog a full FOLD_BATCH
@@ -46,7 +45,7 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
         try:
             # the reader's heartbeat from the start: a restore must not take this process
             # for stopped while it finishes an interrupted restore's catch-up
-            async with Heartbeat(rt.redis, keys, GROUP_STATE, reader.consumer).running():
+            async with reader.heartbeat.running():
                 await catch_up.finish_before_folding(rt.redis, keys, store, stop)
                 rt.readers[GROUP_STATE] = reader
                 await reader.run(stop)
