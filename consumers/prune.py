@@ -2,13 +2,12 @@
 
 Every worker process reads under a name of its own (host, pid, a random suffix), and Redis
 keeps a consumer in its group until it is deleted: each restart left one more name in
-`XINFO CONSUMERS`, which the backup route and `wks restore` read to tell whether a worker is
-running. A consumer is removed only when it holds no pending entry, has had nothing
-delivered for `min_idle` (XINFO's `idle`; before Redis 7.2 a read that finds nothing does
-not reset it) and keeps no heartbeat (wks.liveness): a running consumer on a quiet stream
-stays. The check and the XGROUP DELCONSUMER run in one script, so an entry read in between
-cannot be dropped from the pending list with its consumer; where scripts are refused
-nothing is removed.
+`XINFO CONSUMERS` and in the group's consumer count that /health shows. A consumer is
+removed only when it holds no pending entry, has had nothing delivered for `min_idle`
+(XINFO's `idle`; before Redis 7.2 a read that finds nothing does not reset it) and keeps no
+heartbeat (wks.liveness): a running consumer on a quiet stream stays. The check and the
+XGROUP DELCONSUMER run in one script, so an entry read in between cannot be dropped from
+the pending list with its consumer; where scripts are refused nothing is removed.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ def _too_deep(raw: bytes) -> bool:
             depth -= 1
     return False
 
+
 DECODE_SLICE = 1000  # entries a consumer decodes between two turns of its event loop
 
 

@@ -63,7 +63,7 @@ class Keys:
         return f"{self.prefix}:schedule:backup:{interval_ms}:{slot}"
 
     def worker_heartbeat(self, group: str, consumer: str) -> str:
-        """String with a TTL, renewed by a running consumer (consumers.liveness)."""
+        """String with a TTL, renewed by a running consumer (wks.liveness)."""
         return f"{self.prefix}:consumer:{group}:{consumer}"
 
     def group_consumers(self, group: str) -> str:

@@ -91,4 +91,3 @@ async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[st
             "oldestPendingIdleMs": oldest,
         }
     return None
-
