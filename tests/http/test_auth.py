@@ -67,6 +67,14 @@ async def test_token_for_unknown_session_is_refused(client, settings):
     await _assert_401(client, bearer(_forge(settings, claims)))
 
 
+async def test_token_resigned_with_another_role_is_refused(client, settings, r):
+    """A user's token re-signed as admin (its session says user) answers 401, not admin."""
+    good = await mint_token(settings, r, "mallory", "user", 60)
+    claims = jwt.decode(good, settings.jwt_secret, algorithms=["HS256"])
+    assert (await client.get(ME, headers=bearer(good))).status == 200
+    await _assert_401(client, bearer(_forge(settings, {**claims, "role": "admin"})))
+
+
 async def test_logout_revokes_the_token(client, token, settings, r):
     """After POST /auth/logout the same token answers 401 and its session key is gone."""
     tok = await token("carol", "user")

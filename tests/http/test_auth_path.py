@@ -80,7 +80,7 @@ async def test_one_redis_command_per_authenticated_request(make_client, settings
         calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
         assert calls.pop("evalsha") == 3  # with two calls per request it would be 6
         # everything else is either this test's own or run inside that one script
-        inside = {"hget", "hset", "expire", "time", "zremrangebyscore", "zcard", "zadd",
+        inside = {"hmget", "hset", "expire", "time", "zremrangebyscore", "zcard", "zadd",
                   "pexpire"}
         assert set(calls) <= {"info", "config|resetstat", "ping"} | inside, calls
         assert int(resp.headers["X-RateLimit-Remaining"]) == settings.rate_limit[0] - 4
@@ -103,6 +103,9 @@ async def test_refused_one_call_script_falls_back_to_two_calls(make_client, make
     assert statuses == [200, 200, 429]
     assert await r.hget(settings.keys.session(sid), "lastSeen") != b"0"
     assert await r.zcard(settings.keys.ratelimit("alice")) == 2
+    claims = jwt.decode(tok, settings.jwt_secret, algorithms=["HS256"])
+    as_admin = jwt.encode({**claims, "role": "admin"}, settings.jwt_secret, algorithm="HS256")
+    assert (await api.get(ME, headers=bearer(as_admin))).status == 401  # the session says user
     await r.delete(settings.keys.session(sid))
     assert (await api.get(ME, headers=bearer(tok))).status == 401
     assert limiter.combined  # a refusal that may pass does not switch the one call off
@@ -138,11 +141,12 @@ async def test_one_call_limit_is_exact_across_processes(r, settings):
     sid = jwt.decode(tok, settings.jwt_secret, algorithms=["HS256"])["sid"]
     key = settings.keys.session(sid)
     limiters = [RateLimiter(r, settings.keys, 25, 60.0) for _ in range(4)]
-    verdicts = await asyncio.gather(*(lim.admit(key, "shared", 1, 600)
+    verdicts = await asyncio.gather(*(lim.admit(key, "shared", "user", 1, 600)
                                       for lim in limiters for _ in range(20)))
     assert all(v is not None for v in verdicts)
     assert sum(v.allowed for v in verdicts if v) == 25
     assert all(0 < v.retry_after_ms <= 60_000 for v in verdicts if v and not v.allowed)
     assert await r.hget(key, "lastSeen") == b"1"
-    assert await limiters[0].admit(key, "someone-else", 2, 600) is None  # not that sub's session
+    assert await limiters[0].admit(key, "someone-else", "user", 2, 600) is None  # another sub
+    assert await limiters[0].admit(key, "shared", "admin", 2, 600) is None  # another role
     assert await r.hget(key, "lastSeen") == b"1"

@@ -3,7 +3,9 @@
 A token carries `sub`, `role` (admin|user), `sid`, `iat` and `exp`. It is accepted when its
 signature verifies under the fixed algorithm list ["HS256"] (so `alg: none` and algorithm
 confusion are refused), `exp` is present and in the future, and the session
-`{prefix}:session:{sid}` exists in Redis with the same `sub`.
+`{prefix}:session:{sid}` exists in Redis with the same `sub` and `role` (so a token re-signed
+with another role, by someone who has the secret, is still refused: the role is the
+session's, set when the token was minted).
 
 While Redis cannot be reached, a read (GET/HEAD) with a token whose signature and expiry
 verify is let through with a `Warning` header, because reads come from SQLite and an outage of
@@ -44,12 +46,13 @@ REDIS_TIMEOUT = 1.0  # a session lookup must not hang a request when Redis is st
 MIN_SECRET_BYTES = 32
 _DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, TimeoutError, ResponseError)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
-# KEYS[1] = session; ARGV = sub, now ms, ttl s. Touches a live session of that sub only, so a
-# revoked one is never recreated by a request racing the logout.
+# KEYS[1] = session; ARGV = sub, role, now ms, ttl s. Touches a live session of that sub and
+# role only, so a revoked one is never recreated by a request racing the logout.
 _TOUCH = """
-if redis.call('HGET', KEYS[1], 'sub') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+local who = redis.call('HMGET', KEYS[1], 'sub', 'role')
+if who[1] ~= ARGV[1] or who[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 DEGRADED_WARNING = '199 wks "session store unreachable: token revocation not checked"'
@@ -199,7 +202,8 @@ async def authenticate(
         async with asyncio.timeout(REDIS_TIMEOUT):
             if limiter is not None and limiter.combined:
                 try:
-                    verdict = await limiter.admit(key, principal.sub, int(now * 1000), ttl)
+                    verdict = await limiter.admit(
+                        key, principal.sub, principal.role, int(now * 1000), ttl)
                     found = verdict is not None
                 except ResponseError as exc:
                     # scripts refused or keys split across slots: the two calls below
@@ -207,7 +211,8 @@ async def authenticate(
                         "one-call session check refused, using two: {}", exc)
             if found is None:
                 touch = redis.register_script(_TOUCH)  # EVALSHA, loading it on NOSCRIPT
-                found = await touch(keys=[key], args=[principal.sub, int(now * 1000), ttl])
+                found = await touch(
+                    keys=[key], args=[principal.sub, principal.role, int(now * 1000), ttl])
     except _DOWN as exc:
         if request.method not in SAFE_METHODS:
             raise ApiError(503, "session store unreachable; retry later") from None

@@ -46,15 +46,16 @@ end
 _SLIDING_WINDOW = _WINDOW_FN + """
 return window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
 """
-# KEYS[1] = session, KEYS[2] = zset; ARGV = sub, now ms, session ttl s, limit, window ms,
-# member. A session of another sub, or none, answers {-1, 0, 0} and is not counted (it is a
+# KEYS[1] = session, KEYS[2] = zset; ARGV = sub, role, now ms, session ttl s, limit, window ms,
+# member. A session of another sub or role, or none, answers {-1, 0, 0} and is not counted (it is a
 # 401, as with two calls); a live one is touched (only then, so a revoked session is never
 # recreated by a request racing the logout) and the subject's request counted.
 _SESSION_AND_WINDOW = _WINDOW_FN + """
-if redis.call('HGET', KEYS[1], 'sub') ~= ARGV[1] then return {-1, 0, 0} end
-redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return window(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+local who = redis.call('HMGET', KEYS[1], 'sub', 'role')
+if who[1] ~= ARGV[1] or who[2] ~= ARGV[2] then return {-1, 0, 0} end
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return window(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 """
 REFUSED_RETRY = 60.0  # seconds before the one-call script is tried again after a refusal
 # a zset member only has to be unique inside one window across processes: a random per-process
@@ -102,17 +103,19 @@ class RateLimiter:
         """Whether `admit` may be tried (not refused by Redis in the last minute)."""
         return time.monotonic() >= self._refused_until
 
-    async def admit(self, session_key: str, sub: str, now_ms: int, ttl: int) -> Verdict | None:
-        """Touch the session of `sub` and count one request, in one round trip.
+    async def admit(
+        self, session_key: str, sub: str, role: str, now_ms: int, ttl: int
+    ) -> Verdict | None:
+        """Touch the session of `sub` as `role` and count one request, in one round trip.
 
-        None when the session is gone or belongs to another subject. Raises ResponseError
+        None when the session is gone or belongs to another subject or role. Raises ResponseError
         when Redis refuses the script; a refusal that will repeat (no permission, cross-slot
         keys) also turns `combined` off for a minute so callers go straight to two calls.
         """
         try:
             found, remaining, retry = await run_script(
                 self._admit, [session_key, self.keys.ratelimit(sub)],
-                [sub, now_ms, ttl, self.limit, self.window_ms, f"{_NODE}-{next(_SEQ)}"])
+                [sub, role, now_ms, ttl, self.limit, self.window_ms, f"{_NODE}-{next(_SEQ)}"])
         except ResponseError as exc:
             if isinstance(exc, NoPermissionError) or "CROSSSLOT" in str(exc):
                 self._refused_until = time.monotonic() + REFUSED_RETRY
