@@ -35,6 +35,7 @@ from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
 from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
+from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD, Keys
 from wks.liveness import Heartbeat
 from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
@@ -435,11 +436,8 @@ class GroupReader:
         prepared: Any = None,
     ) -> list[StreamEntry]:
         """Apply; if the handler raises something that is not transient (a bug, a poison
-        entry), isolate the failing entries by halving, so that only they are dead-lettered
-        and the rest of the batch is not held back.
-
-        Halving costs about 2·log2(n) applies per failing entry instead of one apply per
-        entry; the fold does not depend on order or grouping, so splitting is safe."""
+        entry), isolate the failing entries (`wks.isolate`), so that only they are
+        dead-lettered and the rest of the batch is not held back."""
         try:
             await self.handler.apply(good, prepared)
             return good
@@ -450,23 +448,8 @@ class GroupReader:
                 "batch apply raised {}: {}; isolating the failing entries",
                 type(exc).__name__, exc)
         raws = {r.entry_id: r for r in batch}
-        applied: list[StreamEntry] = []
-        halves = [good[len(good) // 2:], good[:len(good) // 2]]  # a stack: first half first
-        while halves:
-            part = halves.pop()
-            if not part:
-                continue
-            try:
-                await self.handler.apply(part)
-                applied.extend(part)
-            except _RETRYABLE:
-                raise
-            except Exception as exc:
-                if len(part) == 1:
-                    dead.append((raws[part[0].entry_id],
-                                 f"apply failed: {type(exc).__name__}: {exc}"))
-                else:
-                    halves += [part[len(part) // 2:], part[:len(part) // 2]]
+        applied, failed = await failing_alone(self.handler.apply, good, _RETRYABLE)
+        dead += [(raws[entry.entry_id], apply_failed(exc)) for entry, exc in failed]
         return applied
 
     def _failed(self, what: str, exc: BaseException, *, acknowledging: bool = False) -> bool:

@@ -61,6 +61,11 @@ def _too_deep(raw: bytes) -> bool:
     return False
 
 
+# what the stored fold (msgpack) can hold; checking ~0.15 us an event with data
+DATA_INT_MIN, DATA_INT_MAX = -(1 << 63), (1 << 64) - 1
+DATA_INT_RANGE = f"invalid event: an integer in data is outside {DATA_INT_MIN}..{DATA_INT_MAX}"
+_fold_values = msgspec.msgpack.Encoder()
+
 DECODE_SLICE = 1000  # entries a consumer decodes between two turns of its event loop
 
 
@@ -197,11 +202,20 @@ def _check_size(raw: bytes) -> None:
 
 
 def _check_data(event: Any, raw_len: int) -> None:
+    data = getattr(event, "data", None)
+    if not data:
+        return
     # data can only exceed 64 KiB when the whole entry does; skip the re-encode otherwise
-    if raw_len > MAX_DATA_BYTES and getattr(event, "data", None) is not None:
-        size = len(_encoder.encode(event.data))
+    if raw_len > MAX_DATA_BYTES:
+        size = len(_encoder.encode(data))
         if size > MAX_DATA_BYTES:
             raise BadEventError(f"data is {size} bytes encoded, over the {MAX_DATA_BYTES} limit")
+    # the stored fold (msgpack) holds integers of 64 bits; JSON has no bound of its own, and
+    # an event the fold cannot store must be refused here, not fail every apply and replay
+    try:
+        _fold_values.encode(data)
+    except OverflowError:
+        raise BadEventError(DATA_INT_RANGE) from None
 
 
 # the fields typed Id, per event class, as (attribute, wire name)
@@ -231,12 +245,46 @@ def _empty_event_id_is_none(event: Any) -> None:
         msgspec.structs.force_setattr(event, "event_id", None)
 
 
+# an escaped backslash (skipped whole), an escaped surrogate pair, or a lone escaped surrogate
+_ESCAPES = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE = len(b"\\ud800")
+
+
+def _lone_surrogates_replaced(raw: bytes) -> bytes | None:
+    """`raw` with each lone escaped UTF-16 surrogate ("\\ud800" without its pair) replaced
+    by U+FFFD, or None when it holds none. JSON's grammar allows them and JavaScript's
+    JSON.stringify writes them for a broken string; the parser refuses them. Replacing them
+    is what a UTF-8 encoder does with a broken string (JavaScript's TextEncoder included);
+    the entry's payload is still kept as sent."""
+    if b"\\u" not in raw:
+        return None
+    found = False
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        nonlocal found
+        if len(match.group()) != _LONE:
+            return match.group()
+        found = True
+        return b"\\ufffd"
+
+    fixed = _ESCAPES.sub(replace, raw)
+    return fixed if found else None
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     _check_size(raw)
     if _too_deep(raw):
         raise BadEventError(NESTED_TOO_DEEP)
     try:
-        event = decoder.decode(raw)
+        try:
+            event = decoder.decode(raw)
+        except msgspec.DecodeError:
+            fixed = _lone_surrogates_replaced(raw)
+            if fixed is None:
+                raise
+            event = decoder.decode(fixed)
     except msgspec.ValidationError as exc:
         raise BadEventError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:

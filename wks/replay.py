@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import redis.asyncio as aioredis
+from loguru import logger
 
-from wks.errors import BadEventError
+from wks.errors import BadEventError, StoreError
 from wks.events import DECODE_SLICE, StreamEntry, decode_workflow
+from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD
 from wks.redis import ReadSize, fields_dict, read_range
 from wks.store import FOLD_BATCH, Store
@@ -80,7 +82,26 @@ def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
             good.append(StreamEntry(entry_id, decode_workflow(raw), raw))
         except BadEventError as exc:
             bad.append((entry_id, exc.reason))
+        except Exception as exc:  # a decoder bug: skipped like a bad event, as a consumer does
+            bad.append((entry_id, f"cannot decode: {type(exc).__name__}: {exc}"))
     return good, bad
+
+
+async def _apply(store: Store, good: list[StreamEntry]) -> list[tuple[str, str]]:
+    """Apply a page's valid entries; an entry whose apply fails alone (not the store: a
+    poison entry, as a consumer dead-letters it) is skipped, and returned with its reason."""
+    try:
+        await store.apply_batch(good)
+        return []
+    except StoreError:
+        raise
+    except Exception as exc:
+        logger.opt(exception=exc).error("page apply raised {}: {}; isolating the failing "
+                                        "entries", type(exc).__name__, exc)
+    _, failed = await failing_alone(store.apply_batch, good, (StoreError,))
+    for entry, exc in failed:
+        logger.bind(entry_id=entry.entry_id).warning("skipped: {}", apply_failed(exc))
+    return [(entry.entry_id, apply_failed(exc)) for entry, exc in failed]
 
 
 @dataclass
@@ -127,10 +148,10 @@ async def fold_range(
         while (read := await ahead) is not None:
             ahead = asyncio.ensure_future(next_page())
             rows, good, bad = read
-            await store.apply_batch(good)
+            failed = await _apply(store, good)
             stats.entries += len(rows)
-            stats.applied += len(good)
-            stats.bad += len(bad)
+            stats.applied += len(good) - len(failed)
+            stats.bad += len(bad) + len(failed)
             stats.last_entry_id = rows[-1][0]
             if on_page is not None:
                 on_page(stats)

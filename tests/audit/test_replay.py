@@ -169,3 +169,32 @@ async def test_out_keeps_the_replayed_store(
     assert code == 1
     assert "file exists" in err
     assert not list(settings.db_path.parent.glob(".wks-replay-*"))  # temp stores removed
+
+
+async def test_an_entry_whose_apply_fails_is_skipped_not_fatal(
+    r: aioredis.Redis, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry the fold cannot apply (here: any event of one execution) is skipped and
+    counted as bad, as a consumer dead-letters it; the rest of its page is folded."""
+    from wks import store as store_module
+    from wks.replay import fold_range
+    from wks.store import Store
+
+    await publish_workload(r, settings)
+    events = workload(300, 30, random.Random(7))
+    poisoned = sum(e.execution_id == "exec-00005" for e in events)
+    real = store_module.state_row
+
+    def poison(state, fold):  # type: ignore[no-untyped-def]
+        if state.execution_id == "exec-00005":
+            raise OverflowError("cannot store this one")
+        return real(state, fold)
+
+    monkeypatch.setattr(store_module, "state_row", poison)
+    async with await Store.open(tmp_path / "replayed.db") as store:
+        stats = await fold_range(r, settings.keys.workflow_stream, store, page=64)
+        rows = await store.fetchall("SELECT execution_id FROM executions")
+    assert poisoned > 0
+    assert (stats.entries, stats.bad, stats.applied) == (
+        len(events), poisoned, len(events) - poisoned)
+    assert {row[0] for row in rows} == {e.execution_id for e in events} - {"exec-00005"}

@@ -9,6 +9,7 @@ import pytest
 
 from wks import events
 from wks.errors import BadEventError
+from wks.state import encode_fold, fold_events
 
 
 def raw(**fields: object) -> bytes:
@@ -68,6 +69,18 @@ class TestDecoding:
         cmd = events.decode_backup(raw(type="backup.requested", requestId="r-1",
                                        requestedBy="b" * 500, ts=1))
         assert cmd.requested_by == "b" * 500
+
+    def test_a_lone_escaped_surrogate_becomes_the_replacement_character(self) -> None:
+        """JSON allows "\\ud800" without its pair (JavaScript writes it for a broken
+        string); it decodes as U+FFFD, as a UTF-8 encoder would write it. A pair stays the
+        character it makes, and an escaped backslash before "ud800" is text."""
+        body = (b'{"type":"workflow.progress","executionId":"e","completedSteps":1,"ts":1,'
+                b'"currentStep":"a\\ud800b\\ud83d\\ude00","data":{"k":"\\\\ud800\\udc00"},'
+                b'"ignored":"\\udfff"}')
+        event = events.decode_workflow(body)
+        assert isinstance(event, events.WorkflowProgress)
+        assert event.current_step == "a\ufffdb\U0001f600"
+        assert event.data == {"k": "\\ud800\ufffd"}
 
     def test_an_empty_event_id_is_no_id(self) -> None:
         """eventId "" is taken as absent (the entry id stands in): as given, every event an
@@ -144,6 +157,20 @@ class TestBadEvents:
             events.validate(started(data=nested(limit)))
         text = "[{" * 1000
         assert events.decode_workflow(raw(**started(data={"s": text}))).data == {"s": text}
+
+    def test_integers_in_data_the_fold_cannot_store_are_bad(self) -> None:
+        """Integers in data from -2**63 to 2**64-1 are kept (and fold); one beyond, at any
+        depth, is a bad event on both paths: the stored fold could not hold it."""
+        for value in (events.DATA_INT_MIN, events.DATA_INT_MAX):
+            event = events.decode_workflow(raw(**started(data={"a": [{"b": value}]})))
+            assert fold_events([(event, "k")])["exec-1"].data_w["a"][2] == [{"b": value}]
+            assert encode_fold(fold_events([(event, "k")])["exec-1"])
+        for value in (events.DATA_INT_MIN - 1, events.DATA_INT_MAX + 1, 10**30):
+            body = started(data={"a": [{"b": value}]})
+            with pytest.raises(BadEventError, match="integer in data"):
+                events.decode_workflow(raw(**body))
+            with pytest.raises(BadEventError, match="integer in data"):
+                events.validate(body)
 
     def test_data_over_64k_is_bad(self) -> None:
         """`data` is capped at 64 KiB encoded even when the entry is under 256 KiB."""
