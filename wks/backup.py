@@ -7,7 +7,8 @@ rollback-journal mode so the file stands alone (no `-wal` beside it).
 
 A file appears under its final name only whole: written to a temp file in the backup
 directory (0600), fsynced, hard-linked to the final name (which never replaces an existing
-file), the temp removed, the directory fsynced. Only the server generates names.
+file), the temp removed, the directory fsynced. Only the server generates names. Errors name
+files by base name only: their messages reach backup_log and the API.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import quote
 
 import zstandard
 
-from wks.errors import BackupError
+from wks.errors import BackupError, StoreError
 
 SUFFIXES = {"none": ".db", "gzip": ".db.gz", "zstd": ".db.zst"}
 NAME_RE = re.compile(
@@ -37,6 +38,18 @@ NAME_RE = re.compile(
 TEMP_PREFIX = ".wks-backup-"  # swept under the backup lock
 VERIFY_PREFIX = ".wks-verify-"  # private to one verify; swept when old
 _CHUNK = 1 << 20
+
+
+def reason(exc: BaseException) -> str:
+    """`exc` as text naming files by base name only: backup messages are stored in backup_log
+    and served by the API, which shows no server path (SPEC section 8)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        names = [Path(os.fsdecode(f)).name if isinstance(f, str | bytes) else str(f)
+                 for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{exc.strerror or type(exc).__name__}: {' -> '.join(names)}"
+    if isinstance(exc, StoreError):
+        return str(exc).replace(exc.path, Path(exc.path).name)
+    return str(exc)
 
 
 def ensure_dir(path: Path) -> Path:
@@ -80,7 +93,7 @@ def snapshot(db_path: Path, dest: Path) -> None:
     try:
         src = sqlite3.connect(db_path, timeout=30)
     except sqlite3.Error as exc:
-        raise BackupError("open database", str(db_path), str(exc)) from exc
+        raise BackupError("open database", db_path.name, str(exc)) from exc
     try:
         fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
@@ -91,7 +104,7 @@ def snapshot(db_path: Path, dest: Path) -> None:
         finally:
             dst.close()
     except sqlite3.Error as exc:
-        raise BackupError("snapshot", str(db_path), str(exc)) from exc
+        raise BackupError("snapshot", db_path.name, str(exc)) from exc
     finally:
         src.close()
 
@@ -156,7 +169,7 @@ def finish(snap: Path, compression: str) -> tuple[Path, str, int]:
                     while chunk := src.read(_CHUNK):
                         zw.write(chunk)
             else:
-                raise BackupError("compress", str(snap), f"unknown compression {compression!r}")
+                raise BackupError("compress", snap.name, f"unknown compression {compression!r}")
             raw.flush()
             os.fsync(raw.fileno())
     except BaseException:
@@ -175,7 +188,7 @@ def free_name(directory: Path, when: datetime, compression: str) -> Path:
         final = directory / (f"{base}{suffix}" if n == 0 else f"{base}-{n}{suffix}")
         if not final.exists():
             return final
-    raise BackupError("publish", str(directory), "no free file name")
+    raise BackupError("publish", directory.name, "no free file name")
 
 
 def publish(tmp: Path, final: Path) -> Path:
@@ -252,7 +265,7 @@ def verify(
             try:
                 decompress(path, tmp)
             except (OSError, EOFError, zstandard.ZstdError) as exc:
-                return Verdict(False, f"cannot decompress: {exc}", checks)
+                return Verdict(False, f"cannot decompress: {reason(exc)}", checks)
             plain = tmp
         try:
             result = integrity(plain)

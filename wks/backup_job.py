@@ -221,11 +221,11 @@ async def take_backup(
         _remove(final, snap)
         metrics.BACKUPS.labels(backup_type, "failed").inc()
         with contextlib.suppress(Exception):
-            await log.mark_failed(store, backup_id, str(exc))
+            await log.mark_failed(store, backup_id, files.reason(exc))
         bound.error("backup failed: {}", exc)
         if isinstance(exc, BackupError):
             raise
-        raise BackupError("backup", files.TEMP_PREFIX, str(exc)) from exc
+        raise BackupError("backup", files.TEMP_PREFIX, files.reason(exc)) from exc
     if victims:
         await asyncio.to_thread(files.remove_files, [Path(p) for _vid, p in victims], directory)
         await log.emptied(store, [p for _vid, p in victims])

@@ -82,3 +82,20 @@ def fold(settings: Settings, r: aioredis.Redis) -> Callable[[], Awaitable[None]]
             await store.close()
 
     return run
+
+
+async def raw_http(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as is (bytes no HTTP client would send) and read the whole answer:
+    (status, headers, body). The server closes the connection after it (send `Connection:
+    close` for a request it would otherwise keep alive)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    return int(status_line.split()[1]), headers, body

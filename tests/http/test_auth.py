@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
 import pytest
 
-from tests.http.conftest import bearer
+from tests.http.conftest import bearer, raw_http
 from wks.config import Settings
 from wks.http.auth import decode_token, mint_token
 
@@ -104,3 +105,29 @@ async def test_mint_refuses_bad_input(settings, r):
         await mint_token(settings, r, "x", "root", 60)
     with pytest.raises(ValueError, match="sub"):
         await mint_token(settings, r, "", "user", 60)
+
+
+async def test_token_with_a_non_utf8_byte_is_a_401(client):
+    """A bearer token holding a byte that is not UTF-8 answers the JSON 401, not a 500."""
+    for token in (b"\xe9\xe9", b"ey\xff.e30.x"):
+        status, headers, body = await raw_http(
+            client.host, client.port,
+            b"GET /api/workflow-state/active/list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + token + b"\r\n\r\n")
+        assert status == 401, body
+        assert headers["content-type"].startswith("application/json")
+        assert json.loads(body) == {"success": False, "error": "invalid token"}
+
+
+async def test_exp_and_iat_must_be_integers_in_range(client, settings, r):
+    """exp (and iat, when present) must be JSON integers up to year 9999: a numeric string,
+    a float or a 23-digit integer is an invalid token, even with a live session."""
+    good = await mint_token(settings, r, "bob", "admin", 600)
+    claims = jwt.decode(good, settings.jwt_secret, algorithms=["HS256"])
+    assert (await client.get(ME, headers=bearer(good))).status == 200  # the session is live
+    later = claims["exp"]
+    for changes in ({"exp": str(later)}, {"exp": 1e300}, {"exp": float(later)},
+                    {"exp": 10**22}, {"iat": True}, {"iat": str(claims["iat"])},
+                    {"iat": float(claims["iat"])}, {"iat": -1}):
+        body = await _assert_401(client, bearer(_forge(settings, {**claims, **changes})))
+        assert body["error"] == "invalid token", changes

@@ -74,6 +74,39 @@ async def test_users_write_only_their_own_executions(client, token, producer, fo
     assert state["progress"] == 100
 
 
+async def test_a_user_may_start_an_execution_after_its_progress(client, token, fold):
+    """Within one request a user's events for an execution it starts count in any order;
+    a start the user may not send (another owner) does not count."""
+    alice = bearer(await token("alice", "user"))
+    body = [
+        _ev("workflow.progress", "al-9", completedSteps=1),
+        _ev("workflow.started", "al-9", workflowId="etl", totalSteps=2, owner="alice"),
+        _ev("workflow.progress", "al-10", completedSteps=1),
+        _ev("workflow.started", "al-10", workflowId="etl", totalSteps=2, owner="bob"),
+    ]
+    out = await (await client.post(URL, headers=alice, json=body)).json()
+    assert [e["index"] for e in out["entries"]] == [0, 1]
+    assert [e["index"] for e in out["errors"]] == [2, 3]
+    await fold()
+    state = (await (await client.get("/api/workflow-state/al-9", headers=alice)).json())["state"]
+    assert (state["owner"], state["completedSteps"]) == ("alice", 1)
+
+
+async def test_body_not_matching_its_content_encoding_is_a_400(client, admin, r, settings):
+    """A body that is not what its Content-Encoding says answers a JSON 400 on every route
+    that reads one, and nothing is published or changed."""
+    for method, path in (("POST", URL), ("PUT", "/api/backups/config"),
+                         ("POST", "/api/backups?wait=0")):
+        for encoding in ("gzip", "deflate"):
+            resp = await client.request(method, path, data=b"notgzip", headers={
+                **admin, "Content-Type": "application/json", "Content-Encoding": encoding})
+            assert resp.status == 400, (method, path, encoding)
+            assert (await resp.json()) == {
+                "success": False,
+                "error": "request body does not match its Content-Encoding (cannot decompress it)"}
+    assert await r.exists(settings.keys.workflow_stream, settings.keys.backup_stream) == 0
+
+
 async def test_publish_failure_is_a_503(make_client, settings, redis_factory, token):
     """With Redis gone, ingest answers 503 and reports nothing as accepted."""
     from wks.http.auth import mint_token

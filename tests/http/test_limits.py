@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from tests.http.conftest import bearer
+from tests.http.conftest import bearer, raw_http
 from wks import metrics
 from wks.http.auth import require_admin
 from wks.http.ratelimit import RateLimiter
@@ -62,6 +63,49 @@ async def test_framework_errors_are_json_without_internals(client, admin):
     assert resp.status == 405
     assert (await resp.json())["success"] is False
     assert "Allow" in resp.headers
+
+
+async def test_parser_errors_are_json_without_echo(settings, r):
+    """Requests aiohttp's parser refuses before any middleware (a URL over 8190 bytes, an
+    unknown method, a control character in a header, a bad Content-Length, a Content-Encoding
+    it cannot decode) answer the JSON error shape on the server `wks api` runs, quoting
+    nothing of the request."""
+    from wks.http.app import create_app
+    from wks.http.server import serve
+
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(create_app(settings, r), "127.0.0.1", 0, stop, on_ready=ready.set_result))
+    try:
+        port = int((await asyncio.wait_for(ready, 10)).rsplit(":", 1)[1])
+        marker = b"zq" * 4100
+        cases = {
+            b"GET /health?" + marker + b" HTTP/1.1\r\nHost: t\r\n\r\n":
+                (400, "request line or header too long"),
+            b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + marker + b"\r\n\r\n":
+                (400, "request line or header too long"),
+            b"FOO /zqzq HTTP/1.1\r\nHost: t\r\n\r\n": (400, "unsupported HTTP method"),
+            b"GET /health HTTP/1.1\r\nHost: t\r\nX-Zq: a\x01zq\r\n\r\n":
+                (400, "malformed HTTP request"),
+            b"POST /api/events HTTP/1.1\r\nHost: t\r\nContent-Length: zq\r\n\r\n":
+                (400, "malformed HTTP request"),
+            b"POST /api/events HTTP/1.1\r\nHost: t\r\nContent-Encoding: br\r\n"
+            b"Content-Length: 4\r\n\r\nzqzq":
+                (415, "unsupported Content-Encoding (use gzip or deflate)"),
+        }
+        for request, (status, error) in cases.items():
+            got, headers, body = await raw_http("127.0.0.1", port, request)
+            assert (got, json.loads(body)) == (status, {"success": False, "error": error}), request
+            assert headers["content-type"].startswith("application/json")
+            assert b"zq" not in body
+        plain = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        got, _, body = await raw_http("127.0.0.1", port, plain)
+        assert got in (200, 503)  # the rest is untouched
+        assert "checks" in json.loads(body)
+    finally:
+        stop.set()
+        await task
 
 
 async def test_unexpected_exception_is_a_500_without_trace(aiohttp_client, settings, r, token):

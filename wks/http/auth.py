@@ -2,10 +2,10 @@
 
 A token carries `sub`, `role` (admin|user), `sid`, `iat` and `exp`. It is accepted when its
 signature verifies under the fixed algorithm list ["HS256"] (so `alg: none` and algorithm
-confusion are refused), `exp` is present and in the future, and the session
-`{prefix}:session:{sid}` exists in Redis with the same `sub` and `role` (so a token re-signed
-with another role, by someone who has the secret, is still refused: the role is the
-session's, set when the token was minted).
+confusion are refused), `exp` is present, an integer (as `iat`, if present) and in the future,
+and the session `{prefix}:session:{sid}` exists in Redis with the same `sub` and `role` (so a
+token re-signed with another role, by someone who has the secret, is still refused: the role
+is the session's, set when the token was minted).
 
 While Redis cannot be reached, a read (GET/HEAD) with a token whose signature and expiry
 verify is let through with a `Warning` header, because reads come from SQLite and an outage of
@@ -46,6 +46,9 @@ REDIS_TIMEOUT = 1.0  # a session lookup must not hang a request when Redis is st
 MIN_SECRET_BYTES = 32
 _DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, TimeoutError, ResponseError)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# the largest `exp`/`iat` taken (9999-12-31T23:59:59Z); pyjwt alone would take "17963...",
+# 1e300 or a 23-digit integer, and a float or huge integer makes no sense as a time
+MAX_CLAIM_TIME = 253_402_300_799
 # KEYS[1] = session; ARGV = sub, role, now ms, ttl s. Touches a live session of that sub and
 # role only, so a revoked one is never recreated by a request racing the logout.
 _TOUCH = """
@@ -117,6 +120,10 @@ async def mint_token(
 
 def decode_token(secret: str, token: str) -> Principal:
     """Verify signature, algorithm and expiry; the claims as a Principal, else ApiError 401."""
+    if not token.isascii():
+        # a JWS is base64url and dots; a non-UTF-8 header byte arrives as a lone surrogate,
+        # which pyjwt's own str.encode() would raise on (a 500 instead of this 401)
+        raise ApiError(401, "invalid token")
     try:
         claims = jwt.decode(
             token, secret, algorithms=ALGORITHMS,
@@ -129,7 +136,14 @@ def decode_token(secret: str, token: str) -> Principal:
     sub, role, sid = claims.get("sub"), claims.get("role"), claims.get("sid")
     if not isinstance(sub, str) or not isinstance(sid, str) or role not in ROLES:
         raise ApiError(401, "invalid token")
+    if not all(_claim_time(claims[k]) for k in ("exp", "iat") if k in claims):
+        raise ApiError(401, "invalid token")
     return Principal(sub=sub, role=role, sid=sid, exp=int(claims["exp"]))
+
+
+def _claim_time(value: Any) -> bool:
+    """Is `value` a JSON integer of seconds in range (RFC 7519 NumericDate, no fractions)?"""
+    return type(value) is int and 0 <= value <= MAX_CLAIM_TIME
 
 
 class TokenCache:

@@ -1,8 +1,9 @@
 """Middleware, outermost first: metrics, errors, body cap, authentication, rate limit.
 
 Every 4xx/5xx leaves as `{"success": false, "error": "<message>"}`: aiohttp's own
-HTTPExceptions (404, 405, 413) and unexpected exceptions (500, logged with the request id,
-never echoed) included, so no stack trace or server path reaches a client.
+HTTPExceptions (404, 405, 413), bodies it cannot decode (400) and unexpected exceptions (500,
+logged with the request id, never echoed) included, so no stack trace or server path reaches a
+client. Requests its parser refuses before any handler runs are answered by `wks.http.server`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.typedefs import Middleware
 from loguru import logger
 from redis.exceptions import ResponseError
@@ -81,6 +83,9 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
             raise
         headers = {h: exc.headers[h] for h in _KEEP_HEADERS if h in exc.headers}
         response = error_response(exc.status, exc.reason, headers)
+    except web.RequestPayloadError as exc:  # raised while a handler reads the body
+        response = error_response(400, _payload_error(exc))
+        response.force_close()  # the rest of the body cannot be parsed: nothing can follow it
     except (ConnectionResetError, TimeoutError) as exc:
         if request.transport is None or request.transport.is_closing():
             raise  # the client went away: nobody to answer
@@ -94,6 +99,13 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", request_id)
     return response
+
+
+def _payload_error(exc: web.RequestPayloadError) -> str:
+    """What was wrong with a body aiohttp could not read, without echoing any of it."""
+    if isinstance(exc.__cause__, ContentEncodingError):
+        return "request body does not match its Content-Encoding (cannot decompress it)"
+    return "request body is malformed or incomplete"
 
 
 @web.middleware

@@ -20,7 +20,7 @@ from wks import backup_log as log
 from wks.errors import BackupError, NotFound
 from wks.events import BACKUP_TYPES
 from wks.http import openapi as oa
-from wks.http.auth import require_admin
+from wks.http.auth import REDIS_TIMEOUT, require_admin
 from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
 from wks.http.errors import ApiError
 from wks.keys import GROUP_BACKUP
@@ -142,8 +142,11 @@ async def backup_stats(request: web.Request) -> web.Response:
 async def get_config(request: web.Request) -> web.Response:
     require_admin(request)
     try:
-        config = await backup_job.read_config(request.app[REDIS], request.app[SETTINGS])
-    except REDIS_DOWN:
+        # auth lets a GET through a Redis outage (reads come from SQLite), but this one reads
+        # Redis: bound it as the session check is, not by the client's 15 s socket timeout
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            config = await backup_job.read_config(request.app[REDIS], request.app[SETTINGS])
+    except REDIS_DOWN:  # TimeoutError included (an OSError)
         raise ApiError(503, "Redis unreachable: backup config unavailable") from None
     return web.json_response({"success": True, "config": config.as_dict()})
 

@@ -10,7 +10,8 @@ array, empty, or every element rejected); 503 when Redis cannot take the events.
 A `user` may only write its own executions: a `workflow.started` gets `owner` = its sub when
 it names none (another owner is refused), and any event for an execution that exists is
 refused unless that execution is the user's. Progress for an execution the store does not
-know yet is accepted only when the same request starts it. Admins write anything.
+know yet is accepted only when the same request starts it (before or after the progress: the
+fold takes events in any order). Admins write anything.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ async def _owned(
     allowed: list[tuple[int, WorkflowEvent]] = []
     errors: list[dict[str, Any]] = []
     known: dict[str, tuple[bool, str | None]] = {}
-    started_here: set[str] = set()
+    # a start anywhere in the request counts (the fold takes events in any order), if it
+    # is one this user may send: its own owner, or none
+    started_here = {event.execution_id for _, event in events
+                    if isinstance(event, WorkflowStarted)
+                    and event.owner in (None, principal.sub)}
     for index, event in events:
         eid = event.execution_id
         if eid not in known:
@@ -56,7 +61,6 @@ async def _owned(
             elif event.owner != principal.sub:
                 errors.append({"index": index, "error": "owner must be your own subject"})
                 continue
-            started_here.add(eid)
         elif not exists and eid not in started_here:
             errors.append({"index": index,
                            "error": "execution not found (start it in this request, or wait "
