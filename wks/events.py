@@ -273,6 +273,18 @@ def _lone_surrogates_replaced(raw: bytes) -> bytes | None:
     return fixed if found else None
 
 
+def loads(text: bytes | str) -> Any:
+    """JSON text as Python values (HTTP bodies), a lone escaped surrogate read as U+FFFD as
+    in an entry (`_lone_surrogates_replaced`); msgspec.DecodeError when it is not JSON."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        fixed = _lone_surrogates_replaced(text.encode() if isinstance(text, str) else text)
+        if fixed is None:
+            raise
+        return msgspec.json.decode(fixed)
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     _check_size(raw)
     if _too_deep(raw):

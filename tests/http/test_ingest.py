@@ -52,6 +52,22 @@ async def test_nothing_valid_is_a_400(client, admin, r, settings):
     assert await r.exists(settings.keys.workflow_stream) == 0
 
 
+async def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(
+    client, admin, fold
+):
+    """JavaScript's JSON.stringify writes a broken string's lone surrogate as an escape:
+    the body is JSON, and the event is taken with U+FFFD there, as the consumers read it."""
+    data = (b'[{"type":"workflow.started","executionId":"sur","workflowId":"w","totalSteps":1,'
+            b'"ts":1,"data":{"note":"a\\ud800b"}}]')
+    resp = await client.post(URL, headers={**admin, "Content-Type": "application/json"},
+                             data=data)
+    assert resp.status == 202, await resp.text()
+    entry = (await resp.json())["entries"][0]["entryId"]
+    await fold()
+    resp = await client.get(f"/api/workflow-state/sur?after={entry}&wait=5", headers=admin)
+    assert (await resp.json())["state"]["data"] == {"note": "a\ufffdb"}
+
+
 async def test_users_write_only_their_own_executions(client, token, producer, fold):
     """A user's started gets its owner; others' executions and foreign owners are refused."""
     await producer.started("theirs", "etl", 1, owner="bob")

@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from wks.errors import BadEventError, RedisUnavailable
-from wks.events import WorkflowEvent, WorkflowStarted, validate
+from wks.events import WorkflowEvent, WorkflowStarted, loads, validate
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import Principal, principal_of
@@ -74,9 +74,11 @@ async def _owned(
 async def ingest(request: web.Request) -> web.Response:
     principal = principal_of(request)
     try:
-        body = await request.json(loads=msgspec.json.decode)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ApiError(400, "body must be a JSON array of workflow events") from None
+        body = await request.json(loads=loads)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "body is not JSON: it is not UTF-8") from None
     except RecursionError:
         raise ApiError(400, "body is JSON nested too deeply for the parser") from None
     if not isinstance(body, list) or not body:
