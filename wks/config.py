@@ -332,6 +332,9 @@ def _lookup(
     return None, setting
 
 
+_SEED_REDIS = ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB")
+
+
 def _redis_url_from(
     env: Mapping[str, str], toml: Mapping[str, Any], var_dir: Path
 ) -> tuple[str | None, str]:
@@ -341,10 +344,14 @@ def _redis_url_from(
                 return _redis_url(env[name]), "env"
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
-    if env.get("REDIS_HOST"):
-        host = env["REDIS_HOST"]
-        port = env.get("REDIS_PORT", "6379")
-        db = env.get("REDIS_DB", "0")
+    if any(env.get(name) for name in _SEED_REDIS):
+        # any of the seed's four names configures Redis, the others taking the seed's
+        # defaults: a deployment that sets only REDIS_PORT must not reach another server
+        host = env.get("REDIS_HOST") or "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        port = env.get("REDIS_PORT") or "6379"
+        db = env.get("REDIS_DB") or "0"
         try:
             _port(port)
         except ValueError as exc:

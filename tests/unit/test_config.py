@@ -43,6 +43,18 @@ class TestSources:
                  REDIS_DB="2")
         assert s.redis_url == "redis://:p%40ss%2F@cache:6380/2"
 
+    def test_any_seed_redis_name_alone_configures_redis(self, tmp_path: Path) -> None:
+        """REDIS_PORT, REDIS_DB or REDIS_PASSWORD without REDIS_HOST mean localhost with
+        that port, db or password, not the default server; a bad one stops start-up."""
+        assert load(tmp_path, REDIS_PORT="16391").redis_url == "redis://localhost:16391/0"
+        assert load(tmp_path, REDIS_DB="3").redis_url == "redis://localhost:6379/3"
+        assert load(tmp_path, REDIS_PASSWORD="pw").redis_url == "redis://:pw@localhost:6379/0"
+        assert load(tmp_path, REDIS_HOST="::1").redis_url == "redis://[::1]:6379/0"
+        with pytest.raises(ConfigError, match="REDIS_PORT"):
+            load(tmp_path, REDIS_PORT="abc")
+        with pytest.raises(ConfigError, match="REDIS_DB"):
+            load(tmp_path, REDIS_DB="x")
+
     def test_seed_backup_interval_is_milliseconds(self, tmp_path: Path) -> None:
         """AUTO_BACKUP_INTERVAL is in ms as in the seed; WKS_ takes a duration."""
         assert load(tmp_path, AUTO_BACKUP_INTERVAL="5000").auto_backup_interval == 5.0
