@@ -198,3 +198,10 @@ async def test_an_entry_whose_apply_fails_is_skipped_not_fatal(
     assert (stats.entries, stats.bad, stats.applied) == (
         len(events), poisoned, len(events) - poisoned)
     assert {row[0] for row in rows} == {e.execution_id for e in events} - {"exec-00005"}
+
+
+async def test_bounds_the_wrong_way_round_are_an_error(wks: Cli) -> None:
+    """--from after --to is a mistake to say, not an empty replay that exits 0."""
+    code, _, err = await wks("replay", "--from", "2026-11-22T15:00Z", "--to", "2026-11-22T14:00Z")
+    assert code == 1
+    assert "--from 2026-11-22T15:00Z is after --to 2026-11-22T14:00Z" in err

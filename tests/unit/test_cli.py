@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -35,3 +37,19 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("argv", [["replay"], ["backup", "create"], ["dead", "list"]])
+def test_an_unreachable_redis_is_one_line_and_exit_1(argv: list[str], tmp_path) -> None:
+    """Nothing listens on the port: one line naming the URL, its password hidden."""
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WKS_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+           "WKS_DB_PATH": str(tmp_path / "w.db"), "WKS_BACKUP_DIR": str(tmp_path / "b")}
+    done = subprocess.run([*WKS, *argv], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in lines[0]

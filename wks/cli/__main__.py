@@ -8,6 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wks import __version__, collector, logs
 from wks.config import Settings
@@ -83,6 +88,29 @@ def _main(argv: Sequence[str] | None, tune_gc: bool) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # stdout's reader went away: `main` ends quietly
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        # a command's first Redis call failed: one line, as SPEC 9 asks of every error
+        print(f"wks {args.command}: cannot reach Redis at "
+              f"{shown_url(settings.effective_redis_url())}: {exc}", file=sys.stderr)
+        return 1
+    except ResponseError as exc:  # NOAUTH, WRONGPASS, NOPERM, ...
+        print(f"wks {args.command}: Redis refused: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or directory: e.g. a backupDir that cannot be made
+        print(f"wks {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ***."""
+    parsed = urlsplit(url)
+    if not parsed.password:
+        return url
+    user = parsed.username or ""
+    host = parsed.netloc.rpartition("@")[2]
+    return urlunsplit(parsed._replace(netloc=f"{user}:***@{host}"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from wks.audit import ReplayStats, fold_state, id_text, replay_into, scratch_sto
 from wks.cli.runtime import open_runtime
 from wks.config import Settings
 from wks.errors import NotFound, WksError
+from wks.events import split_entry_id
 from wks.keys import GROUP_STATE
 from wks.progress import Progress
 from wks.redis import text
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         end = parse_bound(args.end, end=True) if args.end else None
     except ValueError as exc:
         raise WksError(str(exc)) from None
+    if end is not None and _reversed(start, end):
+        raise WksError(f"--from {args.start} is after --to {args.end}")
     if args.out is not None and args.out.exists():
         raise WksError(f"--out {args.out}: file exists (choose a new path)")
     if args.verify and not settings.db_path.exists():
@@ -61,6 +64,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.page <= 0:
         raise WksError("--page must be positive")
     return asyncio.run(_main(args, settings, start, end))
+
+
+def _reversed(start: str, end: str) -> bool:
+    """Do two XRANGE bounds (entry ids, or - and +) select nothing by their order?"""
+    ends = ("-", "+")
+    return start not in ends and end not in ends and split_entry_id(start) > split_entry_id(end)
 
 
 async def _main(args: argparse.Namespace, settings: Settings, start: str, end: str | None) -> int:
