@@ -118,6 +118,12 @@ class Lock:
             if not contended:  # count contention once per acquire, not once per retry
                 contended = True
                 metrics.LOCK_ACQUIRED.labels(self.name, "busy").inc()
+                if blocking:  # say why nothing happens (a holder killed keeps it up to its TTL)
+                    left = await self.redis.pttl(self.key)
+                    logger.bind(lock=self.name).info(
+                        "lock {!r} is held by another holder (expires in {:.1f}s unless "
+                        "renewed); waiting{}", self.name, max(int(left), 0) / 1000,
+                        "" if timeout is None else f" up to {timeout:g}s")
             if not blocking:
                 return False
             delay = backoff.next()

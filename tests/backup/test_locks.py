@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -37,6 +38,28 @@ async def test_one_holder_at_a_time_and_tokens_increase(r: aioredis.Redis, setti
     assert await b.acquire()
     assert b.token == a.token + 1  # type: ignore[operator]
     await b.release()
+
+
+async def test_a_blocked_acquire_says_what_it_waits_for(r: aioredis.Redis, settings: Settings):
+    """Waiting for a held lock logs once which lock, when it expires and how long it waits:
+    a holder killed with the lock keeps it until its TTL, and a command must not just hang
+    in silence meanwhile."""
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{message}")
+    try:
+        a = Lock(r, settings.keys, "job", ttl=30, renew=False)
+        b = Lock(r, settings.keys, "job", ttl=30, renew=False)
+        assert await a.acquire()
+        assert not await b.acquire(blocking=True, timeout=0.3)
+    finally:
+        logger.remove(sink)
+        await a.release()
+    waiting = [line for line in lines if "waiting" in line]
+    assert len(waiting) == 1, lines
+    assert re.fullmatch(r"lock 'job' is held by another holder \(expires in (29\.\d|30\.0)s "
+                        r"unless renewed\); waiting up to 0\.3s", waiting[0].rstrip())
 
 
 async def test_only_the_owner_releases(r: aioredis.Redis, settings: Settings):
