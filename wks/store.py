@@ -374,8 +374,18 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
+        except ValueError as exc:
+            raise self._closed_error(exc) from exc
         self._keep_folds(touched, loaded[0])
         return states
+
+    def _closed_error(self, exc: ValueError) -> Exception:
+        """aiosqlite's ValueError for a closed connection as a StoreError: a store closed
+        under a batch (a shutdown past its grace) is the store's failure, to retry, not the
+        batch's entries' (a consumer would dead-letter entries whose apply fails alone)."""
+        if self._conn._connection is None or not self._conn._running:
+            return StoreError("apply batch", str(self.path), exc)
+        return exc
 
     def _misses(self, ids: list[str]) -> tuple[list[str], list[str], int | None]:
         """`_load_since`'s arguments for a batch of these executions."""
@@ -427,8 +437,8 @@ class Store:
         a time.
         """
         conn = self._conn
-        db: sqlite3.Connection = conn._conn  # aiosqlite's connection, opened for any thread
         try:
+            db: sqlite3.Connection = conn._conn  # aiosqlite's, opened for any thread
             if not _begin_now(db, self._busy_timeout_ms):
                 return None
             try:
@@ -449,6 +459,8 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
+        except ValueError as exc:
+            raise self._closed_error(exc) from exc
         self._keep_folds(touched, loaded[0])
         return states
 

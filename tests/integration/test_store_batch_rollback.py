@@ -155,3 +155,13 @@ async def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Pa
             await s.close()
         assert len(set(versions)) == 1
         assert versions[0] >= 1
+
+
+@SIZES
+async def test_a_batch_on_a_closed_store_is_a_store_error(tmp_path: Path, size: int) -> None:
+    """A store closed under a consumer (a shutdown past its grace) fails the batch as the
+    store's error, which consumers retry, never as the entries' own (dead-lettered)."""
+    store = await Store.open(tmp_path / "s.db")
+    await store.close()
+    with pytest.raises(StoreError, match="apply batch"):
+        await store.apply_batch(_entries(size))
