@@ -205,3 +205,32 @@ async def test_bounds_the_wrong_way_round_are_an_error(wks: Cli) -> None:
     code, _, err = await wks("replay", "--from", "2026-11-22T15:00Z", "--to", "2026-11-22T14:00Z")
     assert code == 1
     assert "--from 2026-11-22T15:00Z is after --to 2026-11-22T14:00Z" in err
+
+
+async def test_sigterm_removes_the_scratch_file(r: aioredis.Redis, settings: Settings) -> None:
+    """A replay stopped by SIGTERM (a timeout, a supervisor) removes its scratch directory
+    beside the database, as at its end; it exits as after Ctrl-C."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    from tests.backup.conftest import env_for
+
+    events = workload(60_000, 6_000, random.Random(3))
+    for at in range(0, len(events), 5_000):
+        async with r.pipeline(transaction=False) as pipe:
+            for event in events[at:at + 5_000]:
+                pipe.xadd(settings.keys.workflow_stream, {EVENT_FIELD: encode(event)})
+            await pipe.execute()
+    near = settings.db_path.parent
+    near.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wks.cli", "replay", "--page", "500", "--progress",
+        env=env_for(settings), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    await proc.stderr.readuntil(b"replay")  # the progress line: the scratch file is open
+    assert list(near.glob(".wks-replay-*"))
+    os.kill(proc.pid, signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    assert not list(near.glob(".wks-replay-*"))

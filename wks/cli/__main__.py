@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +28,9 @@ COMMANDS = [
 ]
 # the commands that run long and fold big batches: see wks.collector
 LONG_RUNNING = {"up", "api", "worker", "replay", "bench"}
+# commands whose scratch files go when they stop: SIGTERM stops them as Ctrl-C does, so
+# their cleanup runs (a SIGTERM's default action ends a process without it)
+TERM_AS_INTERRUPT = {"replay", "audit"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,6 +86,8 @@ def _main(argv: Sequence[str] | None, tune_gc: bool) -> int:
     logs.setup(settings.log_level, settings.log_format)
     if tune_gc and args.command in LONG_RUNNING:
         collector.tune()
+    if args.command in TERM_AS_INTERRUPT and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.func(args, settings) or 0)
     except WksError as exc:
