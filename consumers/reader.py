@@ -38,7 +38,16 @@ from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD, Keys
 from wks.liveness import Heartbeat
-from wks.redis import REDIS_DOWN, Backoff, ReadSize, fields_dict, is_loading, read_group, text
+from wks.redis import (
+    REDIS_DOWN,
+    Backoff,
+    ReadSize,
+    fields_dict,
+    is_loading,
+    no_event_reason,
+    read_group,
+    text,
+)
 from wks.resp import Mux, mux_of
 from wks.stream_stats import group_stats
 
@@ -348,7 +357,7 @@ class GroupReader:
                 continue  # deleted while pending: nothing to apply, only acknowledge
             payload = raw.fields.get(EVENT_FIELD)
             if payload is None:
-                dead.append((raw, "entry has no 'event' field"))
+                dead.append((raw, no_event_reason(raw.fields)))
                 continue
             if raw.deliveries > self.max_deliveries:
                 dead.append((raw, f"delivered {raw.deliveries} times without success "

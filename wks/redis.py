@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wks.keys import EVENT_FIELD
 from wks.resp import Mux, mux_of
 
 # what "Redis is unreachable or restarting" looks like from redis-py
@@ -155,10 +156,33 @@ async def run_script(script: AsyncScript, keys: list[Any], args: list[Any]) -> A
 
 
 def fields_dict(flat: list[bytes]) -> dict[bytes, bytes]:
-    """[field, value, ...] as a dict; the usual entry has one field, `event`."""
+    """[field, value, ...] as a dict; the usual entry has one field, `event`.
+
+    XADD keeps a field name given twice. Two `event` fields are two events in one entry,
+    which the wire format does not allow, and a dict would keep only the last: they come
+    out as `event#1`, `event#2`, ... instead, so the entry is a bad one (no `event`) whose
+    dead letter holds them all (`no_event_reason` says why)."""
     if len(flat) == 2:
         return {flat[0]: flat[1]}
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    names = flat[::2]
+    if names.count(EVENT_FIELD) < 2:
+        return dict(zip(names, flat[1::2], strict=True))
+    fields: dict[bytes, bytes] = {}
+    n = 0
+    for name, value in zip(names, flat[1::2], strict=True):
+        if name == EVENT_FIELD:
+            n += 1
+            name = b"%s#%d" % (EVENT_FIELD, n)
+        fields[name] = value
+    return fields
+
+
+def no_event_reason(fields: dict[bytes, bytes]) -> str:
+    """Why an entry without an `event` field (see `fields_dict`) is a bad one."""
+    n = sum(1 for name in fields if name.startswith(EVENT_FIELD + b"#"))
+    if n > 1:
+        return f"entry has {n} 'event' fields (one entry carries one event)"
+    return "entry has no 'event' field"
 
 
 def is_loading(exc: BaseException) -> bool:

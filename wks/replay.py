@@ -19,7 +19,7 @@ from wks.errors import BadEventError, StoreError
 from wks.events import DECODE_SLICE, StreamEntry, decode_workflow
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD
-from wks.redis import ReadSize, fields_dict, read_range
+from wks.redis import ReadSize, fields_dict, no_event_reason, read_range
 from wks.store import FOLD_BATCH, Store
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -76,7 +76,7 @@ def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
     for entry_id, fields in page:
         raw = fields.get(EVENT_FIELD)
         if raw is None:
-            bad.append((entry_id, "entry has no 'event' field"))
+            bad.append((entry_id, no_event_reason(fields)))
             continue
         try:
             good.append(StreamEntry(entry_id, decode_workflow(raw), raw))

@@ -125,6 +125,11 @@ class TestBadInput:
         for name, payload in bad.items():
             bad_ids[name] = (await r.xadd(stream, {"event": payload})).decode()
         bad_ids["no field"] = (await r.xadd(stream, {"other": b"1"})).decode()
+        twins = [ev.encode(ev.WorkflowCompleted(execution_id=f"twin-{i}", ts=7)) for i in (1, 2)]
+        bad_ids["two events"] = (await r.execute_command(
+            "XADD", stream, "*", "event", twins[0], "extra", "x", "event", twins[1])).decode()
+        extra = ev.WorkflowCompleted(execution_id="extra-1", ts=8)  # an extra field is ignored
+        await r.xadd(stream, {"event": ev.encode(extra), "trace": b"abc"})
         after = ev.WorkflowProgress(execution_id="ok-1", completed_steps=1, ts=6)
         await r.xadd(stream, {"event": ev.encode(after)})
 
@@ -132,6 +137,8 @@ class TestBadInput:
             reader = state_reader(settings, r, store)
             await reader.run(asyncio.Event())
             state = await store.get_state("ok-1")
+            assert await store.get_state("extra-1") is not None
+            assert await store.get_state("twin-2") is None  # neither of the two is taken
         assert state is not None
         assert state.completed_steps == 1
 
@@ -148,6 +155,10 @@ class TestBadInput:
         assert b"totalSteps" in by_entry[bad_ids["broken bound"]][b"reason"]
         assert b"byte limit" in by_entry[bad_ids["oversized"]][b"reason"]
         assert b"nested deeper than 128" in by_entry[bad_ids["too deep"]][b"reason"]
+        twin_letter = by_entry[bad_ids["two events"]]
+        assert twin_letter[b"reason"] == b"entry has 2 'event' fields (one entry carries one event)"
+        assert msgspec.json.decode(twin_letter[b"payload"]) == {
+            "event#1": twins[0].decode(), "extra": "x", "event#2": twins[1].decode()}
         assert (await r.xpending(stream, GROUP_STATE))["pending"] == 0
 
     async def test_entry_delivered_too_often_is_dead_lettered(
