@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sys
 import time
-from typing import Any
+from typing import Any, get_args
+
+import msgspec
 
 from producers.client import Producer
 from wks.cli.runtime import open_runtime
 from wks.config import Settings
 from wks.errors import BadEventError
-from wks.events import WORKFLOW_TYPES, validate
+from wks.events import WORKFLOW_TYPES, WorkflowEvent, type_tag, validate
 
 # option -> wire key; each wire key as a kebab-case option (SPEC section 9)
 _FIELDS = {
@@ -25,7 +27,11 @@ _FIELDS = {
     "reason": "reason",
     "event_id": "eventId",
     "ts": "ts",
+    "data": "data",
 }
+# type -> the wire keys its event carries, from the event classes themselves
+_KEYS = {type_tag(cls): {f.encode_name for f in msgspec.structs.fields(cls)}
+         for cls in get_args(WorkflowEvent)}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,22 +52,48 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def misplaced_option(args: argparse.Namespace) -> str | None:
+    """The first option given that the event type has no key for, as `--kebab-name`."""
+    for option, key in _FIELDS.items():
+        if getattr(args, option) is not None and key not in _KEYS[args.type]:
+            return "--" + option.replace("_", "-")
+    return None
+
+
+def parse_data(text: str) -> dict[str, Any]:
+    """`--data` as strict JSON (RFC 8259: no NaN or Infinity, no number a double cannot
+    hold): Python's json would take those and the encoder would then publish them as null."""
+    try:
+        data = msgspec.json.decode(text)
+    except msgspec.ValidationError as exc:  # a number out of range
+        raise BadEventError(f"--data is not valid JSON: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadEventError(f"--data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadEventError(f"--data must be a JSON object, not {_json_kind(data)}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
 def build_event(args: argparse.Namespace) -> dict[str, Any]:
     event: dict[str, Any] = {"type": args.type, "executionId": args.execution_id}
     for option, key in _FIELDS.items():
         value = getattr(args, option)
         if value is not None:
-            event[key] = value
+            event[key] = parse_data(value) if key == "data" else value
     event.setdefault("ts", int(time.time() * 1000))
-    if args.data is not None:
-        try:
-            event["data"] = json.loads(args.data)
-        except json.JSONDecodeError as exc:
-            raise BadEventError(f"--data is not JSON: {exc}") from None
     return event
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    option = misplaced_option(args)
+    if option is not None:  # silently dropped, it would look published when it was not
+        print(f"wks emit: {option} does not apply to {args.type}", file=sys.stderr)
+        return 2
     event = validate(build_event(args))
     return asyncio.run(_publish(settings, event))
 
