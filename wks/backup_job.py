@@ -177,7 +177,11 @@ async def take_backup(
     """
     lock.check()
     config = config or await read_config(redis, settings)
-    directory = files.ensure_dir(settings.backup_dir)
+    try:
+        directory = files.ensure_dir(settings.backup_dir)
+    except OSError as exc:  # a failed backup to report, not a transient fault to retry
+        raise BackupError("backup directory", settings.backup_dir.name,
+                          files.reason(exc)) from exc
     await sweep(store, directory)
     # a database still finishing a restore's catch-up lacks entries from before that point
     replay_from = catch_up.earlier(await safe_point(redis, settings.keys),

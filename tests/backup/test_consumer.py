@@ -70,3 +70,23 @@ async def test_verify_commands_publish_verdicts(
     assert verdicts[backup_id]["checks"]["integrity"] is True
     assert verdicts[999]["valid"] is False
     assert "not found" in verdicts[999]["message"]
+
+
+async def test_a_backup_directory_that_cannot_be_made_fails_the_request(
+    r: aioredis.Redis, settings: Settings, store: Store, tmp_path
+):
+    """backupDir under a regular file: the request is answered backup.failed, naming the
+    directory without its path, and acknowledged (not retried as if Redis were down)."""
+    import dataclasses
+
+    (tmp_path / "a-file").write_text("")
+    settings = dataclasses.replace(settings, backup_dir=tmp_path / "a-file" / "bk")
+    await populate(store, 3)
+    await r.xadd(settings.keys.backup_stream, {EVENT_FIELD: encode(
+        BackupRequested(ts=1, request_id="req-nodir"))})
+    await _drain(r, settings, store)
+    (result,) = await _results(r, settings)
+    assert (result["type"], result["requestId"]) == ("backup.failed", "req-nodir")
+    assert result["error"].startswith("backup directory bk: ")
+    assert str(tmp_path) not in result["error"]
+    assert (await r.xpending(settings.keys.backup_stream, GROUP_BACKUP))["pending"] == 0
