@@ -16,6 +16,7 @@ import functools
 import random
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,12 @@ _INLINE_MAX = 64  # batches up to this many entries are written from the loop's 
 # a longer write lock (~0.3 s), ~35 MiB more resident memory (two batches in hand), and in
 # `wks up` event-loop pauses of tens of ms while a full batch is folded, during a backlog.
 FOLD_BATCH = 20_000
-# Executions whose folds a writer keeps after its commits (see Store._fold_cache).
+# The folds a writer keeps after its commits (see Store._fold_cache): at most this many
+# executions, and this many bytes of them encoded (a fold holds its execution's data, up to
+# 64 KiB an event, so a count alone bounds nothing). Python's objects take a few times their
+# encoded size: the cache stays under ~100 MiB however large the folds.
 FOLD_CACHE = 10_000
+FOLD_CACHE_BYTES = 16 << 20
 _json = msgspec.json.Encoder()
 
 
@@ -203,7 +208,8 @@ class Store:
         # missing here; any other value, or any failure, empties it. At high rates an
         # execution's events span several batches, and reading and decoding its stored fold
         # in each cost ~10-14 us of the ~35-40 it costs per batch.
-        self._fold_cache: dict[str, Fold] = {}
+        self._fold_cache: OrderedDict[str, tuple[Fold, int]] = OrderedDict()  # fold, bytes
+        self._fold_bytes = 0
         self._fold_version: int | None = None
 
     @classmethod
@@ -375,17 +381,17 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
         except ValueError as exc:
-            raise self._closed_error(exc) from exc
-        self._keep_folds(touched, loaded[0])
+            if not self._closed():
+                raise
+            raise StoreError("apply batch", str(self.path), exc) from exc
+        self._keep_folds(touched, rows, loaded[0])
         return states
 
-    def _closed_error(self, exc: ValueError) -> Exception:
-        """aiosqlite's ValueError for a closed connection as a StoreError: a store closed
-        under a batch (a shutdown past its grace) is the store's failure, to retry, not the
-        batch's entries' (a consumer would dead-letter entries whose apply fails alone)."""
-        if self._conn._connection is None or not self._conn._running:
-            return StoreError("apply batch", str(self.path), exc)
-        return exc
+    def _closed(self) -> bool:
+        """Is the connection closed? aiosqlite says so with a ValueError, which for a batch
+        must be the store's failure, to retry (a shutdown past its grace closed it), not
+        the entries' (a consumer dead-letters entries whose apply fails alone)."""
+        return self._conn._connection is None or not self._conn._running
 
     def _misses(self, ids: list[str]) -> tuple[list[str], list[str], int | None]:
         """`_load_since`'s arguments for a batch of these executions."""
@@ -397,28 +403,38 @@ class Store:
         _, found, whole = loaded
         folds = {eid: decode_fold(blob) for eid, blob in found}
         if whole:
-            self._fold_cache.clear()
+            self._forget_folds()
             return folds
         cache = self._fold_cache
         for eid in ids:
             if eid not in folds and eid in cache:
                 # taken out: folded in place from here on, and back in only once committed
-                folds[eid] = cache.pop(eid)
+                fold, size = cache.pop(eid)
+                self._fold_bytes -= size
+                folds[eid] = fold
         return folds
 
-    def _keep_folds(self, touched: list[Fold], version: int) -> None:
-        """After a commit: the committed folds, the most recent last, current at `version`."""
+    def _keep_folds(self, touched: list[Fold], rows: list[tuple[Any, ...]],
+                    version: int) -> None:
+        """After a commit: the committed folds (`rows` hold them encoded, for their size),
+        the most recent last, current at `version`; the oldest leave past either bound."""
         cache = self._fold_cache
-        for fold in touched:
-            cache.pop(fold.execution_id, None)
-            cache[fold.execution_id] = fold
-        for _ in range(len(cache) - FOLD_CACHE):
-            del cache[next(iter(cache))]
+        # none of them is in the cache (`_folds` took them out), and of a batch larger than
+        # the cache only the last FOLD_CACHE could stay
+        for fold, row in zip(touched[-FOLD_CACHE:], rows[-FOLD_CACHE:], strict=True):
+            size = len(row[-1])
+            if size <= FOLD_CACHE_BYTES // 256:  # one huge fold does not empty the rest
+                cache[fold.execution_id] = (fold, size)
+                self._fold_bytes += size
+        while cache and (len(cache) > FOLD_CACHE or self._fold_bytes > FOLD_CACHE_BYTES):
+            _, (_, size) = cache.popitem(last=False)
+            self._fold_bytes -= size
         self._fold_version = version
 
     def _forget_folds(self) -> None:
         """A batch failed: its folds were changed in place, and may not have been committed."""
         self._fold_cache.clear()
+        self._fold_bytes = 0
         self._fold_version = None
 
     async def _apply_inline(
@@ -460,8 +476,10 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError("apply batch", str(self.path), exc) from exc
         except ValueError as exc:
-            raise self._closed_error(exc) from exc
-        self._keep_folds(touched, loaded[0])
+            if not self._closed():
+                raise
+            raise StoreError("apply batch", str(self.path), exc) from exc
+        self._keep_folds(touched, rows, loaded[0])
         return states
 
     # -- reads ------------------------------------------------------------------------------

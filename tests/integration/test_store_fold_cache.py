@@ -92,3 +92,29 @@ async def test_many_executions_over_a_small_cache_fold_exactly(
 async def _states(store: Store):  # type: ignore[no-untyped-def]
     async for fold in store.iter_folds():
         yield to_state(fold)
+
+
+async def test_the_cache_is_bounded_by_bytes_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folds carrying big data fill the byte bound before the count: the cache keeps what
+    fits, oldest out first, and a fold over a 256th of the bound is not kept at all."""
+    monkeypatch.setattr(store_module, "FOLD_CACHE_BYTES", 256 * 1024)
+    big = "x" * 600  # ~0.7 KiB encoded per fold
+    async with await Store.open(tmp_path / "s.db") as store:
+        for n in range(4):
+            await store.apply_batch(_batch(*(
+                WorkflowStarted(execution_id=f"big-{n}-{i}", workflow_id="wf", total_steps=1,
+                                ts=1, data={"blob": big}) for i in range(200))))
+            sizes = [size for _, size in store._fold_cache.values()]
+            assert store._fold_bytes == sum(sizes) <= 256 * 1024
+        assert 200 < len(store._fold_cache) < 800  # bytes, not the count of 10,000, bound it
+        assert "big-3-199" in store._fold_cache
+        assert "big-0-0" not in store._fold_cache
+        await store.apply_batch(_batch(WorkflowStarted(
+            execution_id="huge", workflow_id="wf", total_steps=1, ts=1,
+            data={"blob": "y" * 2000})))
+        assert "huge" not in store._fold_cache
+        state = await store.get_state("huge")
+    assert state is not None
+    assert state.data == {"blob": "y" * 2000}
