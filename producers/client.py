@@ -193,10 +193,23 @@ class Producer:
                     pending.cancel()
                 if self.buffer_size == 0:
                     raise RedisUnavailable("publish", _url_of(self.redis), exc) from exc
-                # chunks already appended are not resent
-                unsent = payloads[len(ids):] + encode_checked(events, kind, len(payloads))
+                # chunks already appended are not resent; the rest is judged a chunk at a
+                # time as a streamed publish is, and buffered up to a refused event's chunk
+                unsent = payloads[len(ids):]
+                refused: BadEventError | None = None
+                for start in range(len(payloads), len(events), _BATCH):
+                    try:
+                        unsent += encode_checked(events, kind, start, start + _BATCH)
+                    except BadEventError as bad:
+                        refused = bad
+                        break
                 logger.warning("redis unreachable ({}); buffering {} events", exc, len(unsent))
                 self._enqueue(target, unsent)
+                if refused is not None:
+                    raise BadEventError(
+                        f"{refused.reason}; Redis became unreachable: the {len(ids)} events "
+                        f"before were published and the {len(unsent)} after them buffered, "
+                        f"none from its chunk on") from None
                 return None
             except BaseException:
                 if pending is not None and not pending.done():

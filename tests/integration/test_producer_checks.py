@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producers.checks import _split, encode_checked
 from producers.client import Producer
@@ -94,6 +95,41 @@ class TestRefusedBeforePublishing:
         assert [e.completed_steps for e in await stream_events(r, settings)] \
             == list(range(before))
         assert len(await p.publish_many(batch[:bad]) or []) == bad  # the connection is clean
+
+    async def test_a_connection_lost_mid_stream_buffers_up_to_the_bad_chunk(
+        self, settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The connection drops while chunk 2's reply is awaited (chunks 2 and 3 sent,
+        unconfirmed) and chunk 4 holds a bad event: chunks 2 and 3 are buffered, not lost,
+        and the error says what went where."""
+        p = Producer(r, settings.keys, buffer_size=10_000)
+        pool = r.connection_pool
+        real_get = pool.get_connection
+
+        async def dropping(*args: object, **kwargs: object) -> object:
+            conn = await real_get(*args, **kwargs)
+            real_read = conn.read_response
+            reads = iter(range(1, 10**6))
+
+            async def read_response(*a: object, **k: object) -> object:
+                if next(reads) == 2:  # the connection dies under chunk 2's reply
+                    raise RedisConnectionError("connection lost")
+                return await real_read(*a, **k)
+
+            conn.read_response = read_response
+            return conn
+
+        monkeypatch.setattr(pool, "get_connection", dropping)
+        batch: list[ev.WorkflowEvent] = [
+            ev.WorkflowProgress(execution_id="b", completed_steps=i, ts=i) for i in range(3500)]
+        batch[3200] = ev.WorkflowProgress(execution_id="b", completed_steps=-1, ts=0)
+        with pytest.raises(BadEventError) as info:
+            await p.publish_many(batch)
+        assert "event 3201 of 3500 " in str(info.value)
+        assert "the 1000 events before were published and the 2000 after them buffered" \
+            in str(info.value)
+        assert p.buffered == 2000
+        await p.aclose()
 
     async def test_an_invalid_event_is_refused_while_redis_is_down_too(
         self, settings: Settings, redis_factory: object
