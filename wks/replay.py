@@ -43,6 +43,8 @@ def parse_bound(text: str, *, end: bool = False) -> str:
     if moment.tzinfo is None:
         raise ValueError(f"give a time zone (e.g. {value}Z for UTC): {text!r}")
     ms = int(moment.timestamp() * 1000)
+    if ms < 0:  # entry ids count milliseconds from 1970
+        raise ValueError(f"a time before 1970 is before every entry: {text!r}")
     return f"{ms}-{18446744073709551615 if end else 0}"
 
 

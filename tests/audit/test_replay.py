@@ -205,6 +205,9 @@ async def test_bounds_the_wrong_way_round_are_an_error(wks: Cli) -> None:
     code, _, err = await wks("replay", "--from", "2026-11-22T15:00Z", "--to", "2026-11-22T14:00Z")
     assert code == 1
     assert "--from 2026-11-22T15:00Z is after --to 2026-11-22T14:00Z" in err
+    code, _, err = await wks("replay", "--from", "1960-01-01T00:00Z")
+    assert code == 1
+    assert "a time before 1970 is before every entry" in err
 
 
 async def test_sigterm_removes_the_scratch_file(r: aioredis.Redis, settings: Settings) -> None:

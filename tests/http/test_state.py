@@ -103,6 +103,19 @@ async def test_audit_lists_events_in_stream_order(client, admin, producer, fold)
     assert first["event"]["workflowId"] == "etl"
 
 
+async def test_audit_shows_an_event_with_a_lone_surrogate_as_folded(
+    client, admin, r, settings, fold
+):
+    """An event whose JSON holds a lone surrogate escape is folded with U+FFFD there; the
+    audit route shows it so, not as null."""
+    raw = (b'{"type":"workflow.started","executionId":"s1","workflowId":"w","totalSteps":1,'
+           b'"ts":1,"data":{"note":"a\\ud800"}}')
+    await r.xadd(settings.keys.workflow_stream, {"event": raw})
+    await fold()
+    body = await (await client.get("/api/audit/executions/s1/events", headers=admin)).json()
+    assert body["events"][0]["event"]["data"] == {"note": "a\ufffd"}
+
+
 async def test_after_answers_only_once_the_entry_is_applied(client, admin, producer, fold):
     """?after=ENTRY_ID waits until a consumer applies that entry, then answers the new state."""
     entry = await producer.started("w1", "etl", 3, owner="root")

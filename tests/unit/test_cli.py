@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from wks.cli.__main__ import shown_url
+
 WKS = [sys.executable, "-m", "wks.cli"]
 
 
@@ -53,3 +55,13 @@ def test_an_unreachable_redis_is_one_line_and_exit_1(argv: list[str], tmp_path) 
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in lines[0]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+    ("redis://u:pw@h:1/0?db=2", "redis://u:***@h:1/0?db=2"),
+    ("unix:///run/redis.sock?db=0&password=pw", "unix:///run/redis.sock?db=0&password=***"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+])
+def test_a_shown_url_hides_its_password(url: str, shown: str) -> None:
+    assert shown_url(url) == shown

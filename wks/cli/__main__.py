@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -111,13 +111,17 @@ def _main(argv: Sequence[str] | None, tune_gc: bool) -> int:
 
 
 def shown_url(url: str) -> str:
-    """`url` with its password, if any, replaced by ***."""
+    """`url` with its password, if any, replaced by *** (in the authority, or in the query
+    where redis-py also takes one: `unix:///run/redis.sock?password=...`)."""
     parsed = urlsplit(url)
-    if not parsed.password:
+    fields = parse_qsl(parsed.query, keep_blank_values=True)
+    if not parsed.password and all(k != "password" for k, _ in fields):
         return url
-    user = parsed.username or ""
-    host = parsed.netloc.rpartition("@")[2]
-    return urlunsplit(parsed._replace(netloc=f"{user}:***@{host}"))
+    netloc = parsed.netloc
+    if parsed.password:
+        netloc = f"{parsed.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in fields], safe="*")
+    return f"{parsed.scheme}://{netloc}{parsed.path}" + (f"?{query}" if query else "")
 
 
 if __name__ == "__main__":

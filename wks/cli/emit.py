@@ -14,7 +14,7 @@ from producers.client import Producer
 from wks.cli.runtime import open_runtime
 from wks.config import Settings
 from wks.errors import BadEventError
-from wks.events import WORKFLOW_TYPES, WorkflowEvent, type_tag, validate
+from wks.events import WORKFLOW_TYPES, WorkflowEvent, loads, type_tag, validate
 
 # option -> wire key; each wire key as a kebab-case option (SPEC section 9)
 _FIELDS = {
@@ -64,7 +64,7 @@ def parse_data(text: str) -> dict[str, Any]:
     """`--data` as strict JSON (RFC 8259: no NaN or Infinity, no number a double cannot
     hold): Python's json would take those and the encoder would then publish them as null."""
     try:
-        data = msgspec.json.decode(text)
+        data = loads(text)
     except msgspec.ValidationError as exc:  # a number out of range
         raise BadEventError(f"--data is not valid JSON: {exc}") from None
     except msgspec.DecodeError as exc:

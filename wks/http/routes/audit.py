@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from wks.events import loads
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import principal_of
@@ -18,7 +19,7 @@ routes = web.RouteTableDef()
 
 def _event(row: dict[str, Any]) -> dict[str, Any]:
     try:
-        event = msgspec.json.decode(row["payload"])
+        event = loads(row["payload"])  # as the consumer read it (a lone surrogate: U+FFFD)
     except (msgspec.DecodeError, RecursionError):
         event = None  # only decodable events are folded, but a log row must never 500
     return {"entryId": row["entryId"], "eventId": row["eventId"], "type": row["type"],
