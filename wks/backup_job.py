@@ -229,7 +229,10 @@ async def take_backup(
         bound.error("backup failed: {}", exc)
         if isinstance(exc, BackupError):
             raise
-        raise BackupError("backup", files.TEMP_PREFIX, files.reason(exc)) from exc
+        if lock.lost.is_set():  # its files may be gone too: the new holder's sweep
+            raise BackupError("backup", f"(lock {LOCK_NAME!r} lost to another holder)",
+                              files.reason(exc)) from exc
+        raise BackupError("backup", "step", files.reason(exc)) from exc
     if victims:
         await asyncio.to_thread(files.remove_files, [Path(p) for _vid, p in victims], directory)
         await log.emptied(store, [p for _vid, p in victims])

@@ -105,3 +105,14 @@ def test_bench_without_redis_fails_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("wks bench: cannot reach Redis at redis://127.0.0.1:")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("wks-bench-")] == []
+
+
+def test_bench_with_a_missing_dir_says_so(tmp_path: Path) -> None:
+    """--dir that does not exist is named as the fault (it was reported as Redis)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wks.cli", "bench", "--events", "10",
+         "--dir", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"wks bench: --dir {tmp_path / 'nope'}: no such directory"

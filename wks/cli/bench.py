@@ -69,12 +69,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.events < 1 or args.executions < 1:
         print("wks bench: --events and --executions must be at least 1", file=sys.stderr)
         return 2
-    try:
-        report = asyncio.run(_bench(args, settings))
-    except REDIS_DOWN as exc:
-        print(f"wks bench: cannot reach Redis at {settings.effective_redis_url()}: {exc}",
-              file=sys.stderr)
-        return 1
+    if args.dir is not None and not args.dir.is_dir():
+        print(f"wks bench: --dir {args.dir}: no such directory", file=sys.stderr)
+        return 2
+    report = asyncio.run(_bench(args, settings))  # errors: one line (wks.cli.__main__)
     if args.json:
         print(json.dumps(report.data, indent=2))
     else:
