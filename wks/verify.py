@@ -110,6 +110,20 @@ def _field_diffs(
     ]
 
 
+async def column_diffs(live: Store, execution_id: str) -> list[str] | None:
+    """The fields where an execution's row columns (what `sqlite3` shows) differ from the
+    state its fold blob derives (what the API serves); None when there is no row."""
+    rows = await live.fetchall(
+        f"SELECT {_COLUMNS} FROM executions WHERE execution_id = ?", (execution_id,))
+    if not rows:
+        return None
+    try:
+        blob = fold_state(decode_fold(rows[0][12]))
+    except Exception:  # a blob mangled by hand
+        blob = {}
+    return diff_fields(blob, columns_state(rows[0]), _READ_TIME)
+
+
 async def _live_pages(live: Store, only: str | None, page: int) -> AsyncIterator[list[Any]]:
     if only is not None:
         rows = await live.fetchall(

@@ -65,6 +65,15 @@ async def test_table_says_whether_the_log_folds_to_the_live_state(
                                     "e3", "no"]
     assert lines[-1] == "the logged events fold to the live state"
 
+    with sqlite3.connect(settings.db_path) as conn:  # columns edited by hand, fold untouched
+        conn.execute("UPDATE executions SET status = 'failed', progress = 3"
+                     " WHERE execution_id = 'job-1'")
+    code, out, _ = await wks("audit", "job-1")
+    assert out.splitlines()[-1] == (
+        "the logged events fold to the live state, but the row's columns differ from it"
+        " (progress, status): the row was changed outside wks")
+    assert code == 1
+
     with sqlite3.connect(settings.db_path) as conn:
         conn.execute("UPDATE executions SET fold = (SELECT fold FROM executions"
                      " WHERE execution_id = 'other') WHERE execution_id = 'job-1'")

@@ -19,6 +19,7 @@ from wks.config import Settings
 from wks.errors import NotFound
 from wks.state import state_dict
 from wks.store import Store
+from wks.verify import column_diffs
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     async with await Store.open(settings.db_path) as store:
         events = await store.events_for(args.execution_id)
         live = await store.get_state(args.execution_id)
+        edited = await column_diffs(store, args.execution_id)
     if not events and live is None:
         raise NotFound(f"execution {args.execution_id!r} not found")
     rows = event_changes(events)
@@ -51,6 +53,10 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         print("no live row for this execution")
     elif folded is None:
         print("no logged events (pruned by eventLogRetention?)")
+    elif folded == state_dict(live) and edited:
+        print(f"the logged events fold to the live state, but the row's columns differ from "
+              f"it ({', '.join(edited)}): the row was changed outside wks")
+        return 1
     elif folded == state_dict(live):
         print("the logged events fold to the live state")
     else:
