@@ -264,3 +264,31 @@ async def test_restore_by_file_name_when_the_database_is_gone(
         await store.close()
     assert {name, newer} <= kept
     assert (settings.backup_dir / newer).exists()
+
+
+async def test_declining_at_the_prompt_changes_nothing_and_prints_no_progress(
+    r: aioredis.Redis, settings: Settings
+) -> None:
+    """On a terminal, `wks restore ID` asks; "n" leaves the database and says so in one
+    line, without a progress line for a replay that never ran."""
+    import pty
+
+    backup_id, _, before = await _prepare(r, settings)
+    main, child = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *WKS, "restore", str(backup_id), stdin=child, stdout=child, stderr=child,
+        env=env_for(settings), cwd=ROOT)
+    os.close(child)
+    seen = b""
+    while b"[y/N]" not in seen:
+        seen += await asyncio.to_thread(os.read, main, 4096)
+    os.write(main, b"n\n")
+    assert await asyncio.wait_for(proc.wait(), 30) == 1
+    with contextlib.suppress(OSError):  # the pty's other end closed with the process
+        while chunk := await asyncio.to_thread(os.read, main, 4096):
+            seen += chunk
+    os.close(main)
+    lines = [line for line in seen.decode().splitlines() if line.strip()]
+    assert lines[-1] == "wks restore: cancelled; nothing changed"
+    assert not any(line.startswith("replay") for line in lines), lines
+    assert await _states(settings.db_path) == before

@@ -60,10 +60,10 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         result = await restore(settings, rt.redis, args.backup_id, file_name=args.file,
                                confirm=(lambda row: True) if args.yes else _ask,
                                force=args.force, on_page=on_page)
-    progress.close()
-    if result is None:
+    if result is None:  # declined: nothing was replayed, so no progress line either
         print("wks restore: cancelled; nothing changed", file=sys.stderr)
         return 1
+    progress.close()
     safety = f"safety backup {result.safety_backup_id}" if result.safety_backup_id else \
         "no safety backup"
     print(f"restored backup {result.backup_id or args.file} ({safety}); replayed "
