@@ -31,6 +31,7 @@ from wks.audit import (
     next_or_none,
     parse_id,
 )
+from wks.events import INT64_MAX
 from wks.redis import text
 from wks.state import Fold, combine, decode_fold
 from wks.store import Store
@@ -148,19 +149,30 @@ async def _rows(live: Store, only: str | None, page: int) -> AsyncIterator[Any]:
             yield row
 
 
+def _sql_id(entry: EntryId) -> EntryId:
+    """A range bound as SQLite can compare it with event_log's entry ids, which are signed
+    64-bit (larger ones are refused as events): a bound past that is the largest (a `--to`
+    time ends at sequence 2^64-1)."""
+    ms, seq = entry
+    if ms > INT64_MAX:
+        return INT64_MAX, INT64_MAX
+    return ms, min(seq, INT64_MAX)
+
+
 async def logged_outside(live: Store, execution_id: str, cov: Coverage) -> bool:
     """Does the live event_log hold events of this execution outside the replayed range?"""
     return bool(await live.scalar(
         "SELECT EXISTS (SELECT 1 FROM event_log WHERE execution_id = ?"
         " AND ((entry_ms, entry_seq) < (?, ?) OR (entry_ms, entry_seq) > (?, ?)))",
-        (execution_id, *cov.low, *cov.high)))
+        (execution_id, *_sql_id(cov.low), *_sql_id(cov.high))))
 
 
 async def logged_inside(live: Store, execution_id: str, cov: Coverage) -> int:
     """How many of this execution's logged events lie in the replayed range (-1: none logged)."""
     row = await live.fetchall(
         "SELECT COUNT(*), SUM((entry_ms, entry_seq) >= (?, ?) AND (entry_ms, entry_seq) <= (?, ?))"
-        " FROM event_log WHERE execution_id = ?", (*cov.low, *cov.high, execution_id))
+        " FROM event_log WHERE execution_id = ?",
+        (*_sql_id(cov.low), *_sql_id(cov.high), execution_id))
     total, inside = row[0]
     return -1 if not total else int(inside or 0)
 

@@ -154,6 +154,12 @@ async def test_to_time_gives_the_state_as_of_that_time(
     assert code == 1
     assert "not an entry id" in err
 
+    # --verify up to a time: the bound ends at sequence 2^64-1, past SQLite's integers
+    await fold(settings, r)
+    code, out, err = await wks("replay", "--to", iso, "--verify")
+    assert code == 0, err
+    assert "partial" in out
+
 
 async def test_out_keeps_the_replayed_store(
     r: aioredis.Redis, settings: Settings, wks: Cli
