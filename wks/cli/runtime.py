@@ -20,6 +20,7 @@ from loguru import logger
 
 from wks.config import Settings
 from wks.redis import (
+    MANAGED_DIR,
     RedisServer,
     client,
     ping,
@@ -50,12 +51,19 @@ def _host_port(url: str) -> tuple[str, int] | None:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, manage: bool = False) -> AsyncIterator[Runtime]:
-    """Connect to the configured Redis; with `manage`, start the embedded one when none is."""
+async def open_runtime(
+    settings: Settings, *, manage: bool = False, resume: bool = False
+) -> AsyncIterator[Runtime]:
+    """Connect to the configured Redis; with `manage`, start the embedded one when none is.
+    With `resume`, start it only when its data directory exists: a `wks up` of this
+    directory kept its streams there, and stopping it stopped that server (an offline
+    restore needs the stream, not a server on 6379 that never held it)."""
     server: RedisServer | None = None
     url = settings.redis_url
     mode = "external" if settings.redis_url_source in ("env", "toml") else "managed"
-    if manage and settings.redis_url_source in ("file", "default"):
+    managed_data = settings.var_dir / MANAGED_DIR
+    if (manage or (resume and managed_data.is_dir())) \
+            and settings.redis_url_source in ("file", "default"):
         hp = _host_port(url) if url else None
         if hp is None or not ping(*hp):
             server = await asyncio.to_thread(start_managed, settings.var_dir)
