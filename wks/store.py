@@ -201,7 +201,7 @@ class Store:
         # the checkpoint there too (tens of ms, every ~40 MiB of log). Off where the HTTP
         # API shares the loop.
         self.commit_small_on_loop = False
-        # The folds this connection committed last, up to FOLD_CACHE executions, oldest
+        # The folds this connection committed last (within FOLD_CACHE and FOLD_CACHE_BYTES), oldest
         # first, and the database's data_version they are current at. SQLite changes
         # data_version when another connection commits (never for this one's own commits),
         # so a batch whose transaction still sees that version loads only the executions
