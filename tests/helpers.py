@@ -49,3 +49,22 @@ async def without_scripts(server: Any) -> AsyncIterator[tuple[aioredis.Redis, ai
     finally:
         await limited.aclose()
         await admin.aclose()
+
+
+@contextlib.asynccontextmanager
+async def producer_while_down(
+    server: Any, keys: Any, buffer_size: int
+) -> AsyncIterator[tuple[Any, aioredis.Redis]]:
+    """(producer, client) of a private `server`, then the server stopped: Redis down. The
+    client gives up fast (connect 0.5 s, a reply 2 s); the producer buffers `buffer_size`
+    events. Both are closed at the end (start the server again first to flush)."""
+    from producers.client import Producer
+
+    r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
+    p = Producer(r, keys, buffer_size=buffer_size)
+    server.stop()
+    try:
+        yield p, r
+    finally:
+        await p.aclose()
+        await r.aclose()

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from producers.client import Producer
-from tests.helpers import wait_for, without_scripts
+from tests.helpers import producer_while_down, wait_for, without_scripts
 from wks import events as ev
 from wks.config import Settings
 from wks.errors import BufferFull, RedisUnavailable
@@ -113,19 +113,15 @@ class TestOfflineBuffer:
     ) -> None:
         """Past the buffer's capacity publish raises BufferFull; what was buffered stays."""
         server = redis_factory(appendonly=False)  # type: ignore[operator]
-        r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
-        p = Producer(r, settings.keys, buffer_size=5)
-        server.stop()
-        for i in range(5):
-            assert await p.completed(f"x-{i}", ts=i) is None
-        with pytest.raises(BufferFull, match="5 events"):
-            await p.completed("x-5", ts=5)
-        assert p.buffered == 5
-        await asyncio.to_thread(server.start)
-        await wait_for(lambda: p.buffered == 0, 30, "the buffer to flush")
-        assert await r.xlen(settings.keys.workflow_stream) == 5
-        await p.aclose()
-        await r.aclose()
+        async with producer_while_down(server, settings.keys, 5) as (p, r):
+            for i in range(5):
+                assert await p.completed(f"x-{i}", ts=i) is None
+            with pytest.raises(BufferFull, match="5 events"):
+                await p.completed("x-5", ts=5)
+            assert p.buffered == 5
+            await asyncio.to_thread(server.start)
+            await wait_for(lambda: p.buffered == 0, 30, "the buffer to flush")
+            assert await r.xlen(settings.keys.workflow_stream) == 5
 
     async def test_unbuffered_producer_raises_when_redis_is_down(
         self, settings: Settings, redis_factory: object

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from producers.checks import _split, encode_checked
 from producers.client import Producer
 from producers.loadgen import plan
+from tests.helpers import producer_while_down
 from wks import events as ev
 from wks.config import Settings
 from wks.errors import BadEventError
@@ -136,18 +137,14 @@ class TestRefusedBeforePublishing:
     ) -> None:
         """The buffer never takes an event it would flush to the dead-letter stream."""
         server = redis_factory(appendonly=False)  # type: ignore[operator]
-        r = aioredis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
-        p = Producer(r, settings.keys, buffer_size=10)
-        server.stop()
-        assert await p.progress("down", 1, ts=1) is None
-        with pytest.raises(BadEventError):
-            await p.progress("down", -1, ts=2)
-        assert p.buffered == 1
-        await asyncio.to_thread(server.start)
-        await p.flush(timeout=30)
-        assert [e.completed_steps for e in await stream_events(r, settings)] == [1]
-        await p.aclose()
-        await r.aclose()
+        async with producer_while_down(server, settings.keys, 10) as (p, r):
+            assert await p.progress("down", 1, ts=1) is None
+            with pytest.raises(BadEventError):
+                await p.progress("down", -1, ts=2)
+            assert p.buffered == 1
+            await asyncio.to_thread(server.start)
+            await p.flush(timeout=30)
+            assert [e.completed_steps for e in await stream_events(r, settings)] == [1]
 
 
 def _bad_or_edge_events() -> list[ev.WorkflowEvent]:
