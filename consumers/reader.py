@@ -34,7 +34,7 @@ from consumers.prune import PRUNE_IDLE, ConsumerPruner
 from wks import metrics
 from wks.aio import wait_stop
 from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import DECODE_SLICE, StreamEntry, split_entry_id, type_tag
+from wks.events import DECODE_SLICE, StreamEntry, cannot_decode, split_entry_id, type_tag
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD, Keys
 from wks.liveness import Heartbeat
@@ -370,7 +370,7 @@ class GroupReader:
             except Exception as exc:  # a decoder bug must not stop the group (SPEC 5)
                 self._log.opt(exception=exc).error("decoding entry {} raised {}",
                                                    raw.entry_id, type(exc).__name__)
-                dead.append((raw, f"cannot decode: {type(exc).__name__}: {exc}"))
+                dead.append((raw, cannot_decode(exc)))
         return out
 
     async def _prepare(self, decoded: Decoded) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -273,16 +274,22 @@ def _lone_surrogates_replaced(raw: bytes) -> bytes | None:
     return fixed if found else None
 
 
-def loads(text: bytes | str) -> Any:
-    """JSON text as Python values (HTTP bodies), a lone escaped surrogate read as U+FFFD as
-    in an entry (`_lone_surrogates_replaced`); msgspec.DecodeError when it is not JSON."""
+def _parsed(decode: Callable[[bytes], Any], raw: bytes) -> Any:
+    """`decode(raw)`, tried again with lone surrogates replaced (`_lone_surrogates_replaced`)
+    when the parser refuses `raw` and it holds one."""
     try:
-        return msgspec.json.decode(text)
+        return decode(raw)
     except msgspec.DecodeError:
-        fixed = _lone_surrogates_replaced(text.encode() if isinstance(text, str) else text)
+        fixed = _lone_surrogates_replaced(raw)
         if fixed is None:
             raise
-        return msgspec.json.decode(fixed)
+        return decode(fixed)
+
+
+def loads(text: bytes | str) -> Any:
+    """JSON text as Python values (HTTP bodies), a lone escaped surrogate read as U+FFFD as
+    in an entry; msgspec.DecodeError when it is not JSON."""
+    return _parsed(msgspec.json.decode, text.encode() if isinstance(text, str) else text)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
@@ -290,13 +297,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     if _too_deep(raw):
         raise BadEventError(NESTED_TOO_DEEP)
     try:
-        try:
-            event = decoder.decode(raw)
-        except msgspec.DecodeError:
-            fixed = _lone_surrogates_replaced(raw)
-            if fixed is None:
-                raise
-            event = decoder.decode(fixed)
+        event = _parsed(decoder.decode, raw)
     except msgspec.ValidationError as exc:
         raise BadEventError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -312,6 +313,12 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     _check_data(event, len(raw))
     _empty_event_id_is_none(event)
     return event
+
+
+def cannot_decode(exc: Exception) -> str:
+    """The reason given for an entry whose decoding raised something unexpected (a decoder
+    bug): it is skipped like a bad event, never allowed to stop a consumer (SPEC 5)."""
+    return f"cannot decode: {type(exc).__name__}: {exc}"
 
 
 def decode_workflow(raw: bytes) -> WorkflowEvent:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.errors import BadEventError, StoreError
-from wks.events import DECODE_SLICE, StreamEntry, decode_workflow
+from wks.events import DECODE_SLICE, StreamEntry, cannot_decode, decode_workflow
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD
 from wks.redis import ReadSize, fields_dict, no_event_reason, read_range
@@ -85,7 +85,7 @@ def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
         except BadEventError as exc:
             bad.append((entry_id, exc.reason))
         except Exception as exc:  # a decoder bug: skipped like a bad event, as a consumer does
-            bad.append((entry_id, f"cannot decode: {type(exc).__name__}: {exc}"))
+            bad.append((entry_id, cannot_decode(exc)))
     return good, bad
 
 
