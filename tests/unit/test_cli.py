@@ -41,14 +41,16 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
     assert err == ""
 
 
-@pytest.mark.parametrize("argv", [["replay"], ["backup", "create"], ["dead", "list"]])
+@pytest.mark.parametrize("argv", [["replay"], ["backup", "create"], ["dead", "list"],
+                                  ["token", "create", "--sub", "a", "--role", "user"]])
 def test_an_unreachable_redis_is_one_line_and_exit_1(argv: list[str], tmp_path) -> None:
     """Nothing listens on the port: one line naming the URL, its password hidden."""
     with socket.socket() as s:  # a port nothing listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "WKS_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
-           "WKS_DB_PATH": str(tmp_path / "w.db"), "WKS_BACKUP_DIR": str(tmp_path / "b")}
+           "WKS_DB_PATH": str(tmp_path / "w.db"), "WKS_BACKUP_DIR": str(tmp_path / "b"),
+           "WKS_JWT_SECRET": "s" * 40}
     done = subprocess.run([*WKS, *argv], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path, env=env)
     assert done.returncode == 1
