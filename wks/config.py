@@ -102,9 +102,12 @@ def _backup_interval(text: Any) -> float:
     return _in_interval_range(_positive_duration(text), text)
 
 
+JWT_SECRET_MIN_BYTES = 32  # SPEC 8; wks.http.auth checks it again for settings built in code
+
+
 def _jwt_secret(text: Any) -> str:
     value = str(text)
-    if len(value.encode()) < 32:
+    if len(value.encode()) < JWT_SECRET_MIN_BYTES:
         raise ValueError("must be at least 32 bytes (use e.g. `openssl rand -hex 32`)")
     return value
 

@@ -11,7 +11,8 @@ from producers.client import Producer
 from wks.cli.runtime import Runtime, Service, open_runtime, supervise
 from wks.config import Settings
 from wks.http.app import create_app
-from wks.http.auth import MIN_SECRET_BYTES, mint_token, new_secret
+from wks.http.auth import check_secret, mint_token, new_secret
+from wks.http.errors import ApiError
 from wks.http.server import serve
 
 UP_TOKEN_TTL = 24 * 3600.0  # the admin token `wks up` prints lives as long as a session
@@ -23,12 +24,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def secret_problem(settings: Settings) -> str | None:
-    """Why the API must not start with these settings, or None."""
-    secret = settings.jwt_secret
-    if not secret:
-        return "WKS_JWT_SECRET is not set (make one with `openssl rand -hex 32`)"
-    if len(secret.encode()) < MIN_SECRET_BYTES:
-        return f"WKS_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+    """Why the API must not start with these settings (what `check_secret` would refuse
+    every request for), or None."""
+    try:
+        check_secret(settings)
+    except ApiError as exc:
+        return str(exc)
     return None
 
 

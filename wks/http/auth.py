@@ -34,7 +34,7 @@ from aiohttp import web
 from loguru import logger
 from redis.exceptions import ResponseError
 
-from wks.config import Settings
+from wks.config import JWT_SECRET_MIN_BYTES, Settings
 from wks.http.errors import ApiError
 from wks.http.ratelimit import RateLimiter, Verdict
 from wks.redis import REDIS_DOWN
@@ -43,7 +43,7 @@ ALGORITHMS = ["HS256"]
 ROLES = ("admin", "user")
 SESSION_TTL = 24 * 3600  # seconds a session lives past its last use (never past `exp`)
 REDIS_TIMEOUT = 1.0  # a session lookup must not hang a request when Redis is stalled
-MIN_SECRET_BYTES = 32
+MIN_SECRET_BYTES = JWT_SECRET_MIN_BYTES
 _DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, TimeoutError, ResponseError)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 # the largest `exp`/`iat` taken (9999-12-31T23:59:59Z); pyjwt alone would take "17963...",
