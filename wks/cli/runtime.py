@@ -19,14 +19,8 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.config import Settings
-from wks.redis import (
-    MANAGED_DIR,
-    RedisServer,
-    client,
-    ping,
-    remove_url_file,
-    start_managed,
-)
+from wks.managed import MANAGED_DIR, Managed, adopt, start_managed
+from wks.redis import client, ping
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
 
@@ -39,7 +33,7 @@ class Runtime:
     redis: aioredis.Redis
     url: str
     mode: str  # managed | external
-    server: RedisServer | None = None
+    server: Managed | None = None  # the managed server, when this process owns it
     readers: dict[str, Any] = field(default_factory=dict)  # group -> GroupReader (for /health)
 
 
@@ -57,8 +51,9 @@ async def open_runtime(
     """Connect to the configured Redis; with `manage`, start the embedded one when none is.
     With `resume`, start it only when its data directory exists: a `wks up` of this
     directory kept its streams there, and stopping it stopped that server (an offline
-    restore needs the stream, not a server on 6379 that never held it)."""
-    server: RedisServer | None = None
+    restore needs the stream, not a server on 6379 that never held it). A managed server
+    that a killed `wks up` left running is adopted by the next one (`wks.managed`)."""
+    server: Managed | None = None
     url = settings.redis_url
     mode = "external" if settings.redis_url_source in ("env", "toml") else "managed"
     managed_data = settings.var_dir / MANAGED_DIR
@@ -69,6 +64,12 @@ async def open_runtime(
             server = await asyncio.to_thread(start_managed, settings.var_dir)
             url = server.url
             logger.info("started managed redis-server {} at {}", server.binary, url)
+        elif manage:
+            server = await asyncio.to_thread(adopt, settings.var_dir, url)
+            if server is not None:
+                logger.warning("adopted the managed redis-server at {} (pid {}) that a `wks up` "
+                               "which did not stop left running; it stops with this one",
+                               url, server.pid)
     url = url or settings.effective_redis_url()
     redis = client(url)
     try:
@@ -77,7 +78,6 @@ async def open_runtime(
         await redis.aclose()
         if server is not None:
             await asyncio.to_thread(server.stop)
-            remove_url_file(settings.redis_url_file, server.url)
 
 
 async def supervise(services: dict[str, Service], grace: float) -> int:

