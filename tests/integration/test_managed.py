@@ -71,6 +71,27 @@ def test_a_killed_wks_up_leaves_its_redis_to_the_next_one_which_stops_it(
     assert not (var / "redis.pid").exists()
 
 
+def test_a_sigterm_while_wks_up_starts_stops_its_managed_server(tmp_path: Path) -> None:
+    """The server's files are written before the services start: a SIGTERM right then
+    goes through the normal shutdown (exit 0, server stopped), not the default action."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WKS_")}
+    env.update({"WKS_PORT": str(free_port()), "WKS_LOG_FORMAT": "json"})
+    var = tmp_path / "var"
+    log = tmp_path / "up.log"
+    with log.open("w") as err:
+        up = subprocess.Popen([*WKS, "up"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        asyncio.run(wait_for(lambda: (var / "redis.pid").exists(), 60, "the managed server"))
+        pid = int((var / "redis.pid").read_text())
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(30)
+    assert up.returncode == 0, log.read_text()[-2000:]
+    assert not _alive(pid), "the managed server stops with the wks up that started it"
+    assert not (var / "redis.url").exists()
+
+
 async def test_a_live_owners_server_is_not_adopted_and_a_dead_owners_is(tmp_path: Path) -> None:
     var = tmp_path / "var"
     owner = await asyncio.to_thread(start_managed, var)

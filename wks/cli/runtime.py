@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -80,23 +80,51 @@ async def open_runtime(
             await asyncio.to_thread(server.stop)
 
 
-async def supervise(services: dict[str, Service], grace: float) -> int:
-    """Run services until they return or a signal stops them; the exit code."""
-    stop = asyncio.Event()
-    abort = asyncio.Event()
-    loop = asyncio.get_running_loop()
+@dataclass
+class Signals:
+    """SIGTERM/SIGINT as events: the first sets `stop`, a second sets `abort`."""
 
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
+    grace: float
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_signal(self, signame: str) -> None:
+        if self.stop.is_set():
             logger.warning("second {}: aborting now", signame)
-            abort.set()
+            self.abort.set()
         else:
-            logger.info("{}: stopping; finishing the batch in hand (grace {}s)", signame, grace)
-            stop.set()
+            logger.info("{}: stopping; finishing the batch in hand (grace {}s)",
+                        signame, self.grace)
+            self.stop.set()
 
+
+@contextlib.contextmanager
+def catch_signals(grace: float) -> Iterator[Signals]:
+    """Handle SIGTERM/SIGINT from here on. Entered before start-up (a managed redis-server
+    may take seconds to start or adopt): a signal then ends start-up through the normal
+    shutdown, which stops that server, instead of killing the process and leaving it."""
+    signals = Signals(grace)
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.add_signal_handler(sig, signals.on_signal, sig.name)
+    try:
+        yield signals
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
+
+async def supervise(services: dict[str, Service], grace: float,
+                    signals: Signals | None = None) -> int:
+    """Run services until they return or a signal stops them; the exit code. Without
+    `signals`, the handlers are installed for the services' lifetime only."""
+    if signals is None:
+        with catch_signals(grace) as own:
+            return await supervise(services, grace, own)
+    stop, abort = signals.stop, signals.abort
+    if stop.is_set():
+        logger.info("stopped during start-up")
+        return 0
     failures: list[str] = []
 
     async def guard(name: str, service: Service) -> None:
@@ -127,6 +155,4 @@ async def supervise(services: dict[str, Service], grace: float) -> int:
             await everything
     finally:
         stopped.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     return 1 if failures else 0

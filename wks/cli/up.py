@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from wks.cli import api
-from wks.cli.runtime import open_runtime, supervise
+from wks.cli.runtime import Signals, catch_signals, open_runtime, supervise
 from wks.cli.services import GROUP_SERVICES, Runtime, state_service
 from wks.config import Settings
 from wks.keys import GROUP_STATE
@@ -36,6 +36,12 @@ def banner(rt: Runtime, version: str, lines: list[str]) -> None:
 
 
 async def _main(settings: Settings) -> int:
+    # signals from the start: Ctrl-C while the managed server starts still stops it
+    with catch_signals(settings.shutdown_grace) as signals:
+        return await _up(settings, signals)
+
+
+async def _up(settings: Settings, signals: Signals) -> int:
     async with open_runtime(settings, manage=True) as rt:
         info = await server_info(rt.redis)
         services = {g: make(rt) for g, make in GROUP_SERVICES.items()}
@@ -47,7 +53,7 @@ async def _main(settings: Settings) -> int:
             services[name] = service
             lines.extend(text)
         banner(rt, info.version_text, lines)
-        return await supervise(services, settings.shutdown_grace)
+        return await supervise(services, settings.shutdown_grace, signals)
 
 
 # hooks that add non-group services to `wks up` (the API): async (Runtime) ->
