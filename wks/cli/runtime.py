@@ -87,11 +87,17 @@ class Signals:
     grace: float
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     abort: asyncio.Event = field(default_factory=asyncio.Event)
+    supervised: bool = False  # the services run: `supervise` answers `abort`
 
     def on_signal(self, signame: str) -> None:
         if self.stop.is_set():
             logger.warning("second {}: aborting now", signame)
             self.abort.set()
+            if not self.supervised:
+                # still starting (a slow Redis): nothing waits for `abort`, so end now, as
+                # an interrupt does (exit 130); a managed server left behind is adopted by
+                # the next `wks up` of the directory
+                raise KeyboardInterrupt
         else:
             logger.info("{}: stopping; finishing the batch in hand (grace {}s)",
                         signame, self.grace)
@@ -125,6 +131,7 @@ async def supervise(services: dict[str, Service], grace: float,
     if stop.is_set():
         logger.info("stopped during start-up")
         return 0
+    signals.supervised = True
     failures: list[str] = []
 
     async def guard(name: str, service: Service) -> None:
