@@ -11,6 +11,7 @@
      ├── BufferFull             the producer's offline buffer is full: nothing was dropped,
      │                          the caller must slow down or fail
      ├── BackupError            a backup, verify or restore step failed
+ ├── ManagedRedisError      `wks up`'s own redis-server could not be started or reached
      └── NotFound               an id that does not exist (API 404, CLI exit 1)
 """
 
@@ -75,6 +76,11 @@ class BufferFull(WksError):
             "nothing was dropped, this event was not accepted"
         )
         self.capacity = capacity
+
+
+class ManagedRedisError(WksError, RuntimeError):
+    """The managed redis-server (SPEC section 10) could not be started, or another `wks up`
+    of the directory holds it and it does not answer. A RuntimeError too, as it was."""
 
 
 class BackupError(WksError):

