@@ -19,11 +19,14 @@ import itertools
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from loguru import logger
 
 from wks.errors import ManagedRedisError
 from wks.redis import RedisServer, find_redis_server, free_port, ping, port_is_free
@@ -64,12 +67,18 @@ class Managed:
                 self.lock = None
 
 
-def start_managed(var_dir: Path, preferred_port: int = 6379,
-                  wait: float = OWNER_WAIT) -> Managed | str:
+class Abandoned(Exception):
+    """`halt` was set before a server was started: nothing was started."""
+
+
+def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER_WAIT,
+                  halt: threading.Event | None = None) -> Managed | str:
     """The embedded default for `wks up`: loopback, AOF on, data under var/redis. A str: the
     URL of the server another `wks up` of this directory owns (it holds the lock: it is
     starting one, or runs one that did not answer at first), used and left to it. Two
-    servers on one var/redis would share its append-only file."""
+    servers on one var/redis would share its append-only file. `halt` (a signal during
+    start-up) ends a wait for that other server, and anything not yet started: Abandoned."""
+    halt = halt or threading.Event()
     binary = find_redis_server()
     if binary is None:
         raise ManagedRedisError(
@@ -77,12 +86,19 @@ def start_managed(var_dir: Path, preferred_port: int = 6379,
         )
     lock = _claim(var_dir)
     if lock is None:
-        found = _owner_or_lock(var_dir, wait)
+        found = _owner_or_lock(var_dir, wait, halt)
         if isinstance(found, str):
             return found
         lock = found
     server: RedisServer | None = None
     try:
+        # a server whose owner was killed before it wrote var/redis.url: this directory's
+        # too, on its append-only file; stopped (it flushes that file) before another starts
+        left = _left_server(var_dir, None)
+        if left is not None:
+            _stop_pid(left[0], 10.0, lambda: _left_server(var_dir, None) is not None)
+        if halt.is_set():
+            raise Abandoned
         port = preferred_port if port_is_free(preferred_port) else free_port()
         server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
         assert server.proc is not None
@@ -96,9 +112,11 @@ def start_managed(var_dir: Path, preferred_port: int = 6379,
     return Managed(var_dir, server.url, server.proc.pid, str(binary), lock, server)
 
 
-def _owner_or_lock(var_dir: Path, wait: float) -> str | int:
+def _owner_or_lock(var_dir: Path, wait: float, halt: threading.Event) -> str | int:
     """Wait for the lock holder's server to answer at var/redis.url (its URL), or for the
     lock, should the holder end first (its descriptor). Past `wait`, an error."""
+    logger.info("another `wks up` holds {}: waiting up to {:g}s for its redis-server",
+                var_dir / _LOCK, wait)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         url = _answering(var_dir / "redis.url")
@@ -107,7 +125,8 @@ def _owner_or_lock(var_dir: Path, wait: float) -> str | int:
         lock = _claim(var_dir)
         if lock is not None:
             return lock
-        time.sleep(0.1)  # another process's start-up: no event to await here
+        if halt.wait(0.1):  # another process's start-up: no event of its own to await
+            raise Abandoned
     raise ManagedRedisError(
         f"another `wks up` holds {var_dir / _LOCK} but its Redis does not answer at "
         f"{var_dir / 'redis.url'} after {wait:g}s; stop that process, or set WKS_REDIS_URL")
@@ -153,21 +172,23 @@ def _claim(var_dir: Path) -> int | None:
     return fd
 
 
-def _left_server(var_dir: Path, url: str) -> tuple[int, str] | None:
+def _left_server(var_dir: Path, url: str | None) -> tuple[int, str] | None:
     """(pid, binary) of var/redis.pid's process if it is the managed redis-server of this
-    directory serving `url`'s port, else None. Redis renames its process ("redis-server
-    127.0.0.1:6379"), so it is known by that title or its arguments (name and port), and
-    by its working directory (it changes into its --dir)."""
+    directory serving `url`'s port (any port without `url`), else None. Redis renames its
+    process ("redis-server 127.0.0.1:6379"), so it is known by that title or its arguments
+    (name and port), and by its working directory (it changes into its --dir)."""
     try:
         pid = int((var_dir / _PID).read_text().strip())
         cwd = os.readlink(f"/proc/{pid}/cwd")
         title = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None  # no pid file, no such process, or no /proc (not Linux): not adopted
-    port = str(urlparse(url).port or 6379).encode()
     args = title.split(b"\0")
-    on_port = re.search(rb":%s\b" % port, args[0]) is not None \
-        or (b"--port", port) in set(itertools.pairwise(args))
+    on_port = True
+    if url is not None:
+        port = str(urlparse(url).port or 6379).encode()
+        on_port = re.search(rb":%s\b" % port, args[0]) is not None \
+            or (b"--port", port) in set(itertools.pairwise(args))
     if b"redis-server" in args[0] and on_port and cwd == str((var_dir / MANAGED_DIR).resolve()):
         return pid, args[0].split()[0].decode(errors="replace")
     return None
@@ -177,9 +198,10 @@ def _stop_pid(pid: int, timeout: float, still_it: Callable[[], bool]) -> None:
     """Stop a process that is not this one's child (no exit status to wait for). `still_it`
     is asked before each signal: a server that exited meanwhile may have left its pid to an
     unrelated process, which must not be signalled."""
-    if still_it():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if not still_it():
+        return  # gone already: whatever has its pid now is not ours to wait for
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while _running(pid):
         if time.monotonic() > deadline:

@@ -249,3 +249,54 @@ async def test_a_lock_holder_whose_server_never_answers_is_an_error_not_a_second
     finally:
         await asyncio.to_thread(owner.stop)
     assert _servers_of(var) == []
+
+
+def test_a_signal_while_waiting_for_another_wks_ups_server_ends_the_wait(
+    tmp_path: Path,
+) -> None:
+    var = tmp_path / "var"
+    holder = _claim(var)  # another `wks up`, whose server does not answer yet
+    assert holder is not None
+    log = tmp_path / "up.log"
+    try:
+        with log.open("w") as err:
+            up = subprocess.Popen([*WKS, "up"], cwd=tmp_path, env=_env(),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            asyncio.run(wait_for(lambda: "waiting up to" in log.read_text(), 60, "the wait"))
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(5) == 0, log.read_text()[-2000:]  # not the 30 s wait
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
+        assert "stopped during start-up" in log.read_text()
+        assert _servers_of(var) == []
+    finally:
+        os.close(holder)
+
+
+async def test_a_server_left_before_its_url_was_written_is_stopped_not_doubled(
+    tmp_path: Path,
+) -> None:
+    """Its owner was killed between starting it and writing var/redis.url: the next start
+    stops it (it flushes its append-only file) before starting the directory's server."""
+    var = tmp_path / "var"
+    first = await asyncio.to_thread(start_managed, var)
+    assert isinstance(first, Managed)
+    assert first.lock is not None
+    os.close(first.lock)  # the owner is gone...
+    first.lock = None
+    (var / "redis.url").unlink()  # ...before it wrote the URL
+    try:
+        second = await asyncio.to_thread(start_managed, var)
+        assert isinstance(second, Managed)
+        try:
+            assert not _alive(first.pid)
+            assert _servers_of(var) == [second.pid]
+        finally:
+            await asyncio.to_thread(second.stop)
+    finally:
+        assert first.server is not None
+        first.server.kill()  # reaps the child
+    assert _servers_of(var) == []

@@ -46,9 +46,11 @@ def test_a_second_signal_while_starting_interrupts_and_once_supervised_aborts() 
     starting = Signals(1.0)
     starting.on_signal("SIGINT")
     assert starting.stop.is_set()
+    assert starting.halt.is_set()  # a start-up thread waiting for a server gives up
     assert not starting.abort.is_set()
     with pytest.raises(KeyboardInterrupt):
         starting.on_signal("SIGINT")
+    starting.on_signal("SIGINT")  # once: a third must not cut short the server's stop
 
     running = Signals(1.0, supervised=True)
     running.on_signal("SIGTERM")

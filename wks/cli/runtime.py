@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.config import Settings
-from wks.managed import MANAGED_DIR, Managed, adopt, start_managed
+from wks.managed import MANAGED_DIR, Abandoned, Managed, adopt, start_managed
 from wks.redis import client, ping
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
@@ -46,15 +47,21 @@ def _host_port(url: str) -> tuple[str, int] | None:
     return parsed.hostname, parsed.port or 6379
 
 
+class StoppedStarting(Exception):
+    """A signal came while `wks up` waited for the managed server: nothing to stop."""
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, manage: bool = False, resume: bool = False
+    settings: Settings, *, manage: bool = False, resume: bool = False,
+    halt: threading.Event | None = None,
 ) -> AsyncIterator[Runtime]:
     """Connect to the configured Redis; with `manage`, start the embedded one when none is.
     With `resume`, start it only when its data directory exists: a `wks up` of this
     directory kept its streams there, and stopping it stopped that server (an offline
     restore needs the stream, not a server on 6379 that never held it). A managed server
-    that a killed `wks up` left running is adopted by the next one (`wks.managed`)."""
+    that a killed `wks up` left running is adopted by the next one (`wks.managed`).
+    `halt`, set by a signal, ends a wait for another `wks up`'s server: StoppedStarting."""
     server: Managed | None = None
     url = settings.redis_url
     mode = "external" if settings.redis_url_source in ("env", "toml") else "managed"
@@ -63,7 +70,11 @@ async def open_runtime(
             and settings.redis_url_source in ("file", "default"):
         hp = _host_port(url) if url else None
         if hp is None or not ping(*hp):
-            started = await _owned(start_managed, settings.var_dir)
+            halt = halt or threading.Event()
+            try:
+                started = await _owned(halt, start_managed, settings.var_dir, halt=halt)
+            except Abandoned:
+                raise StoppedStarting from None
             if isinstance(started, str):
                 url = started
                 logger.info("using the managed redis-server at {} that another `wks up` of "
@@ -72,7 +83,7 @@ async def open_runtime(
                 server, url = started, started.url
                 logger.info("started managed redis-server {} at {}", server.binary, url)
         elif manage:
-            server = await _owned(adopt, settings.var_dir, url)
+            server = await _owned(halt or threading.Event(), adopt, settings.var_dir, url)
             if server is not None:
                 logger.warning("adopted the managed redis-server at {} (pid {}) that a `wks up` "
                                "which did not stop left running; it stops with this one",
@@ -94,21 +105,27 @@ class Signals:
     grace: float
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     abort: asyncio.Event = field(default_factory=asyncio.Event)
+    halt: threading.Event = field(default_factory=threading.Event)  # `stop`, for threads
     supervised: bool = False  # the services run: `supervise` answers `abort`
+    interrupted: bool = False
 
     def on_signal(self, signame: str) -> None:
-        if self.stop.is_set():
-            logger.warning("second {}: aborting now", signame)
-            self.abort.set()
-            if not self.supervised:
-                # still starting (a slow Redis): nothing waits for `abort`, so end now, as
-                # an interrupt does (exit 130); a managed server left behind is adopted by
-                # the next `wks up` of the directory
-                raise KeyboardInterrupt
-        else:
+        if not self.stop.is_set():
             logger.info("{}: stopping; finishing the batch in hand (grace {}s)",
                         signame, self.grace)
             self.stop.set()
+            self.halt.set()
+        elif self.supervised:
+            logger.warning("{} again: aborting now", signame)
+            self.abort.set()
+        elif not self.interrupted:
+            # still starting: nothing waits for `abort`, so end now, as an interrupt does
+            # (exit 130), once; the server being started is stopped on the way out
+            logger.warning("{} again: aborting start-up", signame)
+            self.interrupted = True
+            raise KeyboardInterrupt
+        else:
+            logger.warning("{} again: already stopping the server being started", signame)
 
 
 @contextlib.contextmanager
@@ -127,15 +144,19 @@ def catch_signals(grace: float) -> Iterator[Signals]:
             loop.remove_signal_handler(sig)
 
 
-async def _owned(start: Callable[..., T], *args: Any) -> T:
-    """`start(*args)` on a worker thread, for a server this process then owns. Cancelled
-    meanwhile (an interrupt during start-up), it still waits for the thread, whose work a
-    cancellation cannot stop, and stops the server it made instead of leaving it running.
-    A plain future, not a task: at an interrupt asyncio cancels every task, this one too."""
-    made = asyncio.get_running_loop().run_in_executor(None, functools.partial(start, *args))
+async def _owned(abandon: threading.Event, start: Callable[..., T], *args: Any,
+                 **kwargs: Any) -> T:
+    """`start(*args, **kwargs)` on a worker thread, for a server this process then owns.
+    Cancelled meanwhile (an interrupt during start-up), it sets `abandon`, which `start` reads
+    before starting anything, waits for the thread (a cancellation cannot stop it) and
+    stops the server it made instead of leaving it running. A plain future, not a task:
+    at an interrupt asyncio cancels every task, this one too."""
+    made = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(start, *args, **kwargs))
     try:
         return await asyncio.shield(made)
     except asyncio.CancelledError:
+        abandon.set()
         with contextlib.suppress(Exception):
             server = await made
             if isinstance(server, Managed):

@@ -9,8 +9,10 @@ import argparse
 import asyncio
 import sys
 
+from loguru import logger
+
 from wks.cli import api
-from wks.cli.runtime import Signals, catch_signals, open_runtime, supervise
+from wks.cli.runtime import Signals, StoppedStarting, catch_signals, open_runtime, supervise
 from wks.cli.services import GROUP_SERVICES, Runtime, state_service
 from wks.config import Settings
 from wks.keys import GROUP_STATE
@@ -38,11 +40,15 @@ def banner(rt: Runtime, version: str, lines: list[str]) -> None:
 async def _main(settings: Settings) -> int:
     # signals from the start: Ctrl-C while the managed server starts still stops it
     with catch_signals(settings.shutdown_grace) as signals:
-        return await _up(settings, signals)
+        try:
+            return await _up(settings, signals)
+        except StoppedStarting:
+            logger.info("stopped during start-up")
+            return 0
 
 
 async def _up(settings: Settings, signals: Signals) -> int:
-    async with open_runtime(settings, manage=True) as rt:
+    async with open_runtime(settings, manage=True, halt=signals.halt) as rt:
         info = await server_info(rt.redis)
         services = {g: make(rt) for g, make in GROUP_SERVICES.items()}
         # the API shares this event loop (see state_service)
