@@ -172,6 +172,7 @@ def test_two_wks_up_started_together_share_one_server(tmp_path: Path) -> None:
         assert len(_servers_of(var)) == 1
         owner = next(n for n in range(2) if "started managed" in errs[n].read_text())
         user = 1 - owner
+        assert "using the" in errs[user].read_text(), "the second says whose server it uses"
         procs[user].send_signal(signal.SIGTERM)
         assert procs[user].wait(30) == 0
         assert len(_servers_of(var)) == 1, "the server stays with the wks up that owns it"

@@ -88,6 +88,10 @@ async def open_runtime(
                 logger.warning("adopted the managed redis-server at {} (pid {}) that a `wks up` "
                                "which did not stop left running; it stops with this one",
                                url, server.pid)
+            else:
+                logger.info("using the redis-server at {} named by {}; another `wks up` "
+                            "owns it (or it is not this directory's): it is left running",
+                            url, settings.var_dir / "redis.url")
     url = url or settings.effective_redis_url()
     redis = client(url)
     try:
