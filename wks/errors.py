@@ -11,7 +11,7 @@
      ├── BufferFull             the producer's offline buffer is full: nothing was dropped,
      │                          the caller must slow down or fail
      ├── BackupError            a backup, verify or restore step failed
- ├── ManagedRedisError      `wks up`'s own redis-server could not be started or reached
+     ├── ManagedRedisError      `wks up`'s own redis-server could not be started or reached
      └── NotFound               an id that does not exist (API 404, CLI exit 1)
 """
 

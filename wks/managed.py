@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from loguru import logger
 
 from wks.errors import ManagedRedisError
-from wks.redis import RedisServer, find_redis_server, free_port, ping, port_is_free
+from wks.redis import RedisServer, find_redis_server, free_port, host_port, ping, port_is_free
 
 MANAGED_DIR = "redis"  # the managed server's data, under the var directory
 _LOCK = "redis.lock"  # held by the process that owns the managed server
@@ -138,10 +138,8 @@ def _answering(path: Path) -> str | None:
         url = path.read_text().strip()
     except OSError:
         return None
-    parsed = urlparse(url)
-    if parsed.hostname and ping(parsed.hostname, parsed.port or 6379):
-        return url
-    return None
+    hp = host_port(url)
+    return url if hp is not None and ping(*hp) else None
 
 
 def adopt(var_dir: Path, url: str) -> Managed | None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -302,6 +303,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def host_port(url: str) -> tuple[str, int] | None:
+    """(host, port) of a TCP Redis URL; None for a unix socket or anything else."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        return None
+    return parsed.hostname, parsed.port or 6379
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -15,14 +15,13 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.config import Settings
 from wks.managed import MANAGED_DIR, Abandoned, Managed, adopt, start_managed
-from wks.redis import client, ping
+from wks.redis import client, host_port, ping
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
 T = TypeVar("T")
@@ -38,13 +37,6 @@ class Runtime:
     mode: str  # managed | external
     server: Managed | None = None  # the managed server, when this process owns it
     readers: dict[str, Any] = field(default_factory=dict)  # group -> GroupReader (for /health)
-
-
-def _host_port(url: str) -> tuple[str, int] | None:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-        return None
-    return parsed.hostname, parsed.port or 6379
 
 
 class StoppedStarting(Exception):
@@ -68,7 +60,7 @@ async def open_runtime(
     managed_data = settings.var_dir / MANAGED_DIR
     if (manage or (resume and managed_data.is_dir())) \
             and settings.redis_url_source in ("file", "default"):
-        hp = _host_port(url) if url else None
+        hp = host_port(url) if url else None
         if hp is None or not ping(*hp):
             halt = halt or threading.Event()
             try:
