@@ -164,6 +164,24 @@ class Producer:
         kind = self._kind(target)
         streamed = len(events) > _BATCH and self.mode == "script" and not self.durable
         payloads: list[bytes] = [] if streamed else encode_checked(events, kind)
+        return await self._publish(target, events, kind, payloads, streamed)
+
+    async def publish_payloads(
+        self, payloads: Sequence[bytes], stream: str | None = None
+    ) -> list[str] | None:
+        """Publish entries' JSON as they are, in order, batched as `publish_many` does:
+        for a caller that has already judged each one with the consumers' own decoder
+        (`wks.events.decode_workflow`), such as the HTTP ingest, which keeps the keys a
+        client sent that this version does not know (SPEC 3: forward compatible)."""
+        target = stream or self.keys.workflow_stream
+        return await self._publish(target, (), self._kind(target), list(payloads), False)
+
+    async def _publish(
+        self, target: str, events: Sequence[Event], kind: str, payloads: list[bytes],
+        streamed: bool,
+    ) -> list[str] | None:
+        """`publish_many`'s sending: `payloads`, encoded and checked, or with `streamed`
+        the `events`, judged a chunk at a time."""
         async with self._send_lock:
             if self._buffer:  # keep order: nothing overtakes what is already waiting
                 self._enqueue(target, payloads or encode_checked(events, kind))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.http.conftest import bearer
@@ -106,6 +107,36 @@ async def test_a_user_may_start_an_execution_after_its_progress(client, token, f
     await fold()
     state = (await (await client.get("/api/workflow-state/al-9", headers=alice)).json())["state"]
     assert (state["owner"], state["completedSteps"]) == ("alice", 1)
+
+
+async def test_events_are_published_as_sent_and_judged_as_the_consumer_judges_them(
+    client, admin, token, fold, r, settings
+):
+    """An event goes to the stream with the keys this version does not know (SPEC 3: they
+    are for consumers that do); a user's start gets its owner beside them. An event over
+    the entry size limit is refused by index, as the consumer would dead-letter it, even
+    when only keys the consumer ignores make it that big."""
+    extra = {"priority": 7, "labels": {"team": "data"}}
+    body = [
+        _ev("workflow.started", "kept", workflowId="etl", totalSteps=1, **extra),
+        _ev("workflow.completed", "kept", note="x" * (256 * 1024)),
+        _ev("workflow.completed", "kept", **extra),
+    ]
+    out = await (await client.post(URL, headers=admin, json=body)).json()
+    assert [e["index"] for e in out["entries"]] == [0, 2]
+    assert [e["index"] for e in out["errors"]] == [1]
+    assert "over the 262144 byte limit" in out["errors"][0]["error"]
+    sent = await r.xrange(settings.keys.workflow_stream)
+    assert [json.loads(f[b"event"]) for _, f in sent] == [body[0], body[2]]
+    await fold()
+    state = (await (await client.get("/api/workflow-state/kept", headers=admin)).json())["state"]
+    assert state["status"] == "completed"
+
+    alice = bearer(await token("alice", "user"))
+    mine = _ev("workflow.started", "al-kept", workflowId="etl", totalSteps=1, **extra)
+    out = await (await client.post(URL, headers=alice, json=[mine])).json()
+    (entry,) = await r.xrange(settings.keys.workflow_stream, min=out["entries"][0]["entryId"])
+    assert json.loads(entry[1][b"event"]) == {**mine, "owner": "alice"}
 
 
 async def test_body_not_matching_its_content_encoding_is_a_400(client, admin, r, settings):

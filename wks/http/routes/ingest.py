@@ -1,7 +1,10 @@
 """`POST /api/events`: ingest a JSON array of workflow events in one publish.
 
-Every element is validated on its own (`wks.events.validate`); the valid ones are published
-in one call, and the invalid ones are reported by index without dropping the good ones.
+Every element is judged on its own, as the state consumer will judge its entry
+(`wks.events.decode_workflow`: the entry size limit included); the valid ones are published
+in one call, each as the client sent it (keys this version does not know are kept for the
+consumers that do, SPEC 3), and the invalid ones are reported by index without dropping the
+good ones.
 
 Status codes: 202 when at least one event was published (the answer lists the entry ids, for
 `?after=` reads, and the per-index errors, if any); 400 when nothing was accepted (not an
@@ -22,7 +25,7 @@ import msgspec
 from aiohttp import web
 
 from wks.errors import BadEventError, RedisUnavailable
-from wks.events import WorkflowEvent, WorkflowStarted, loads, validate
+from wks.events import WorkflowEvent, WorkflowStarted, decode_workflow, loads
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import Principal, principal_of
@@ -32,22 +35,31 @@ from wks.redis import REDIS_DOWN
 from wks.store import Store
 
 routes = web.RouteTableDef()
+_encode = msgspec.json.Encoder().encode
 _DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
 
 
+Judged = tuple[int, WorkflowEvent, dict[str, Any]]  # index, event, the element as sent
+
+
+def _judged(index: int, item: Any) -> Judged:
+    """An element of the body as an event, or BadEventError with the reason."""
+    return index, decode_workflow(_encode(item)), item
+
+
 async def _owned(
-    store: Store, principal: Principal, events: list[tuple[int, WorkflowEvent]]
-) -> tuple[list[tuple[int, WorkflowEvent]], list[dict[str, Any]]]:
+    store: Store, principal: Principal, events: list[Judged]
+) -> tuple[list[Judged], list[dict[str, Any]]]:
     """Apply the ownership rule for a `user`: (allowed events, errors)."""
-    allowed: list[tuple[int, WorkflowEvent]] = []
+    allowed: list[Judged] = []
     errors: list[dict[str, Any]] = []
     known: dict[str, tuple[bool, str | None]] = {}
     # a start anywhere in the request counts (the fold takes events in any order), if it
     # is one this user may send: its own owner, or none
-    started_here = {event.execution_id for _, event in events
+    started_here = {event.execution_id for _, event, _ in events
                     if isinstance(event, WorkflowStarted)
                     and event.owner in (None, principal.sub)}
-    for index, event in events:
+    for index, event, item in events:
         eid = event.execution_id
         if eid not in known:
             known[eid] = await queries.owner_of(store, eid)
@@ -58,6 +70,7 @@ async def _owned(
         if isinstance(event, WorkflowStarted):
             if event.owner is None:
                 event = msgspec.structs.replace(event, owner=principal.sub)
+                item = {**item, "owner": principal.sub}
             elif event.owner != principal.sub:
                 errors.append({"index": index, "error": "owner must be your own subject"})
                 continue
@@ -66,7 +79,7 @@ async def _owned(
                            "error": "execution not found (start it in this request, or wait "
                                     "until its workflow.started is applied)"})
             continue
-        allowed.append((index, event))
+        allowed.append((index, event, item))
     return allowed, errors
 
 
@@ -83,11 +96,11 @@ async def ingest(request: web.Request) -> web.Response:
         raise ApiError(400, "body is JSON nested too deeply for the parser") from None
     if not isinstance(body, list) or not body:
         raise ApiError(400, "body must be a non-empty JSON array of workflow events")
-    good: list[tuple[int, WorkflowEvent]] = []
+    good: list[Judged] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(body):
         try:
-            good.append((index, validate(item)))
+            good.append(_judged(index, item))
         except BadEventError as exc:
             errors.append({"index": index, "error": exc.reason})
     if not principal.is_admin and good:
@@ -96,11 +109,12 @@ async def ingest(request: web.Request) -> web.Response:
     if not good:
         raise ApiError(400, "no valid events", extra={"accepted": 0, "errors": errors})
     try:
-        ids = await request.app[PRODUCER].publish_many([event for _, event in good])
+        ids = await request.app[PRODUCER].publish_payloads(
+            [_encode(item) for _, _, item in good])
     except _DOWN as exc:
         raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
     entries = [{"index": index, "entryId": entry_id}
-               for (index, _), entry_id in zip(good, ids or [], strict=False)]
+               for (index, _, _), entry_id in zip(good, ids or [], strict=False)]
     return web.json_response(
         {"success": True, "accepted": len(good), "entries": entries, "errors": errors},
         status=202,
