@@ -162,7 +162,16 @@ class BackupVerified(_Event, tag="backup.verified"):
 WorkflowEvent = WorkflowStarted | WorkflowProgress | WorkflowCompleted | WorkflowFailed | \
     WorkflowCancelled
 BackupCommand = BackupRequested | BackupVerifyRequested
-ResultEvent = BackupCompleted | BackupFailed | BackupVerified
+class CleanupCompleted(_Event, tag="cleanup.completed"):
+    """A cleanup that failed stale executions (POST /api/workflow-state/cleanup)."""
+
+    cleaned: int
+    stale_after_ms: int
+    errors: int = 0
+    requested_by: str | None = None
+
+
+ResultEvent = BackupCompleted | BackupFailed | BackupVerified | CleanupCompleted
 Event = WorkflowEvent | BackupCommand | ResultEvent
 
 class StreamEntry(msgspec.Struct, frozen=True):
@@ -395,7 +404,8 @@ def json_schema() -> dict[str, Any]:
     schema["description"] = (
         "One stream entry: field `event` holds one of these as UTF-8 JSON. Workflow events go "
         "to {prefix}:stream:workflow, backup commands to {prefix}:stream:backup; workers write "
-        "backup.completed/failed/verified to {prefix}:stream:results. Unknown keys are ignored. "
+        "backup.completed/failed/verified and cleanup.completed to {prefix}:stream:results. "
+        "Unknown keys are ignored. "
         "An entry over 262144 bytes, or `data` over 65536 bytes encoded, is rejected."
     )
     return schema

@@ -222,6 +222,13 @@ async def test_cleanup_fails_stale_executions_through_events(
     assert audit["events"][-1]["type"] == "workflow.failed"
     again = await (await client.post(f"{BASE}/cleanup", headers=admin)).json()
     assert again["cleaned"] == 0
+    # the outcome on the results stream (SPEC 2), once: the second cleanup did nothing
+    results = await r.xrange(settings.keys.results_stream)
+    assert len(results) == 1
+    outcome = json.loads(results[0][1][b"event"])
+    assert {k: v for k, v in outcome.items() if k != "ts"} == {
+        "type": "cleanup.completed", "cleaned": 1, "staleAfterMs": 3_600_000,
+        "requestedBy": "root"}
 
 
 async def test_sse_head_answers_without_streaming(client, admin, producer, fold):

@@ -215,4 +215,4 @@ class TestSchema:
         assert tags == {
             "workflow.started", "workflow.progress", "workflow.completed", "workflow.failed",
             "workflow.cancelled", "backup.requested", "backup.verify_requested",
-            "backup.completed", "backup.failed", "backup.verified"}
+            "backup.completed", "backup.failed", "backup.verified", "cleanup.completed"}

@@ -16,7 +16,7 @@ from loguru import logger
 
 from wks.aio import wait_stop
 from wks.errors import RedisUnavailable
-from wks.events import WorkflowFailed, now_ms
+from wks.events import CleanupCompleted, WorkflowFailed, now_ms
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import principal_of, visible
@@ -109,6 +109,16 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+async def _cleanup_outcome(request: web.Request, outcome: CleanupCompleted) -> None:
+    """The cleanup's outcome on the results stream (SPEC 2), for whoever audits it. The
+    failures it published are the cleanup itself: when Redis goes away between the two,
+    the request still succeeded, and only this record is missing (logged)."""
+    try:
+        await request.app[PRODUCER].publish(outcome, request.app[SETTINGS].keys.results_stream)
+    except _DOWN as exc:
+        logger.warning("cleanup outcome not written to the results stream: {}", exc)
+
+
 @routes.post(_BASE + "/cleanup")
 async def cleanup(request: web.Request) -> web.Response:
     """Fail stale executions by publishing `workflow.failed`, so the audit log shows it."""
@@ -133,6 +143,9 @@ async def cleanup(request: web.Request) -> web.Response:
         except _DOWN as exc:
             raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
         logger.bind(sub=principal.sub).info("cleanup failed {} stale executions", len(events))
+        await _cleanup_outcome(request, CleanupCompleted(
+            cleaned=len(events), stale_after_ms=int(settings.stale_after * 1000),
+            requested_by=principal.sub, ts=now))
     return web.json_response(
         {"success": True, "message": "Cleanup completed", "cleaned": len(events), "errors": 0}
     )
