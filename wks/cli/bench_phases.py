@@ -71,7 +71,7 @@ class Observed:
     async def prepare(self, items: Sequence[StreamEntry]) -> Any:
         return await self.inner.prepare(items)
 
-    async def apply(self, items: Sequence[StreamEntry], prepared: Sequence[Any] = ()) -> None:
+    async def apply(self, items: Sequence[StreamEntry], prepared: Any = None) -> None:
         await self.inner.apply(items, prepared)
         self.on_applied(items, time.perf_counter())
 
