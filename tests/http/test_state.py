@@ -130,32 +130,6 @@ async def test_after_answers_only_once_the_entry_is_applied(client, admin, produ
     assert (await resp.json())["state"]["workflowId"] == "etl"
 
 
-async def test_after_on_a_dead_lettered_entry_says_so_in_its_504(
-    client, admin, token, producer, fold, r, settings
-):
-    """An entry that was dead-lettered is never applied: its read still answers 504 after
-    `wait` (SPEC 8), saying the entry was dead-lettered, with the reason for an admin. An
-    entry merely not applied yet says nothing more."""
-    await producer.started("d1", "etl", 2, owner="root")
-    bad = (await r.xadd(settings.keys.workflow_stream, {
-        "event": '{"type":"workflow.progress","executionId":"d1","ts":"soon"}'})).decode()
-    await fold()
-    resp = await client.get(f"{BASE}/d1?after={bad}&wait=0.1", headers=admin)
-    assert resp.status == 504
-    error = (await resp.json())["error"]
-    assert error.startswith(f"entry {bad} not applied within 0.1s: it was dead-lettered (")
-    assert "$.ts" in error  # the decoder's reason
-    alice = bearer(await token("alice", "user"))
-    error = (await (await client.get(f"{BASE}/d1?after={bad}&wait=0", headers=alice)).json())[
-        "error"]
-    assert error == f"entry {bad} not applied within 0s: it was dead-lettered (a bad event)"
-    later = (await r.xadd(settings.keys.workflow_stream, {
-        "event": '{"type":"workflow.completed","executionId":"d1","ts":5}'})).decode()
-    error = (await (await client.get(f"{BASE}/d1?after={later}&wait=0", headers=admin)).json())[
-        "error"]
-    assert error == f"entry {later} not applied within 0s"
-
-
 async def test_after_times_out_with_504_and_validates(client, admin):
     """An entry never applied answers 504 after `wait`; bad after/wait values answer 400."""
     resp = await client.get(f"{BASE}/x?after=1-0&wait=0.2", headers=admin)

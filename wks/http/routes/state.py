@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from loguru import logger
-from redis.exceptions import ResponseError
 
 from wks.aio import wait_stop
 from wks.errors import RedisUnavailable
@@ -21,7 +20,7 @@ from wks.events import CleanupCompleted, WorkflowFailed, now_ms
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import principal_of, visible
-from wks.http.context import PRODUCER, REDIS, SETTINGS, SHUTDOWN, STORE
+from wks.http.context import PRODUCER, SETTINGS, SHUTDOWN, STORE
 from wks.http.errors import ApiError, not_found
 from wks.redis import REDIS_DOWN
 from wks.state import TERMINAL
@@ -82,32 +81,7 @@ async def _poll(request: web.Request, done: Callable[[], Awaitable[bool]], wait:
 async def _await_entry(request: web.Request, entry_id: str, wait: float) -> None:
     store = request.app[STORE]
     if not await _poll(request, lambda: store.entry_applied(entry_id), wait):
-        why = await _dead_lettered(request, entry_id)
-        raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s{why}")
-
-
-_DEAD_LOOKUP = 100  # dead letters read after the entry's id when looking for its own
-
-
-async def _dead_lettered(request: web.Request, entry_id: str) -> str:
-    """Why an entry that was not applied never will be, when it went to the dead-letter
-    stream (else ""): the 504 still comes after `wait`, as SPEC 8 says, but a producer can
-    tell a bad event from a slow fold. Its dead letter was written after the entry, by the
-    same server's clock, so it is among the first dead letters from the entry's id on. The
-    reason, which names a rule and not a value, is shown to admins."""
-    keys = request.app[SETTINGS].keys
-    try:
-        letters = await request.app[REDIS].xrange(
-            keys.dead_stream, min=entry_id, count=_DEAD_LOOKUP)
-    except (*_DOWN, ResponseError):
-        return ""
-    for _, fields in letters:
-        if (fields.get(b"entryId") == entry_id.encode()
-                and fields.get(b"stream") == keys.workflow_stream.encode()):
-            if not principal_of(request).is_admin:
-                return ": it was dead-lettered (a bad event)"
-            return f": it was dead-lettered ({fields.get(b'reason', b'').decode(errors='replace')})"
-    return ""
+        raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s")
 
 
 @routes.get(_BASE + "/active/list")
