@@ -22,6 +22,7 @@ import msgspec
 
 from wks.errors import BadEventError
 from wks.events import decode_any, decode_backup, decode_workflow, encode, event_type, plainly_valid
+from wks.keys import Keys
 
 _array = msgspec.json.Encoder()  # as wks.events.encode, for a slice at once
 _split = msgspec.json.Decoder(list[msgspec.Raw])
@@ -55,6 +56,27 @@ def encode_checked(
             _judge_each(events, part, first, decode_workflow)
         payloads += part
     return payloads
+
+
+def stream_kind(keys: Keys, stream: str) -> str:
+    """Whose rules judge what goes to `stream`: its consumers'. Streams other than the
+    backup and results streams (a bench's, a test's) are held to the workflow rules."""
+    if stream == keys.backup_stream:
+        return "backup"
+    return "other" if stream == keys.results_stream else "workflow"
+
+
+def check_payloads(payloads: Sequence[bytes], stream_kind: str) -> None:
+    """Raise BadEventError naming the first of `payloads` (events' JSON, made elsewhere)
+    that the consumer of a `stream_kind` stream would refuse."""
+    decode = {"workflow": decode_workflow, "backup": decode_backup}.get(stream_kind, decode_any)
+    for index, raw in enumerate(payloads):
+        try:
+            decode(raw)
+        except BadEventError as exc:
+            where = f"payload {index + 1} of {len(payloads)}" if len(payloads) > 1 else "payload"
+            raise BadEventError(
+                f"{where} not published, the consumers would refuse it: {exc.reason}") from None
 
 
 def _judge_each(

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import ResponseError
 
-from producers.checks import encode_checked
+from producers.checks import check_payloads, encode_checked, stream_kind
 from wks import metrics
 from wks.errors import BadEventError, BufferFull, RedisUnavailable
 from wks.events import (
@@ -169,12 +169,15 @@ class Producer:
     async def publish_payloads(
         self, payloads: Sequence[bytes], stream: str | None = None
     ) -> list[str] | None:
-        """Publish entries' JSON as they are, in order, batched as `publish_many` does:
-        for a caller that has already judged each one with the consumers' own decoder
-        (`wks.events.decode_workflow`), such as the HTTP ingest, which keeps the keys a
-        client sent that this version does not know (SPEC 3: forward compatible)."""
+        """Publish events' JSON as it is, in order, batched as `publish_many` does: for a
+        caller holding JSON rather than events, such as the HTTP ingest, which keeps the
+        keys a client sent that this version does not know (SPEC 3: forward compatible).
+        Judged like `publish_many`'s events: BadEventError, and nothing published, when
+        the consumers would refuse one."""
         target = stream or self.keys.workflow_stream
-        return await self._publish(target, (), self._kind(target), list(payloads), False)
+        kind = self._kind(target)
+        check_payloads(payloads, kind)
+        return await self._publish(target, (), kind, list(payloads), False)
 
     async def _publish(
         self, target: str, events: Sequence[Event], kind: str, payloads: list[bytes],
@@ -237,11 +240,7 @@ class Producer:
         return ids
 
     def _kind(self, stream: str) -> str:
-        """Whose rules judge what goes to `stream`: its consumers'. Streams other than the
-        backup and results streams (a bench's, a test's) are held to the workflow rules."""
-        if stream == self.keys.backup_stream:
-            return "backup"
-        return "other" if stream == self.keys.results_stream else "workflow"
+        return stream_kind(self.keys, stream)
 
     def _enqueue(self, stream: str, payloads: list[bytes]) -> None:
         if len(self._buffer) + len(payloads) > self.buffer_size:

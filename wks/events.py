@@ -159,18 +159,19 @@ class BackupVerified(_Event, tag="backup.verified"):
     request_id: str | None = None
 
 
-WorkflowEvent = WorkflowStarted | WorkflowProgress | WorkflowCompleted | WorkflowFailed | \
-    WorkflowCancelled
-BackupCommand = BackupRequested | BackupVerifyRequested
 class CleanupCompleted(_Event, tag="cleanup.completed"):
-    """A cleanup that failed stale executions (POST /api/workflow-state/cleanup)."""
+    """A cleanup that failed stale executions (POST /api/workflow-state/cleanup): `cleaned`
+    is how many `workflow.failed` it published (a second cleanup before the fold caught up
+    publishes them again, and they fold once)."""
 
     cleaned: int
     stale_after_ms: int
-    errors: int = 0
     requested_by: str | None = None
 
 
+WorkflowEvent = WorkflowStarted | WorkflowProgress | WorkflowCompleted | WorkflowFailed | \
+    WorkflowCancelled
+BackupCommand = BackupRequested | BackupVerifyRequested
 ResultEvent = BackupCompleted | BackupFailed | BackupVerified | CleanupCompleted
 Event = WorkflowEvent | BackupCommand | ResultEvent
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.http.conftest import bearer
+from wks.http.app import create_app
 
 URL = "/api/events"
 
@@ -109,13 +112,17 @@ async def test_a_user_may_start_an_execution_after_its_progress(client, token, f
     assert (state["owner"], state["completedSteps"]) == ("alice", 1)
 
 
-async def test_events_are_published_as_sent_and_judged_as_the_consumer_judges_them(
-    client, admin, token, fold, r, settings
+@pytest.mark.parametrize("publisher", ["library", "default"])
+async def test_events_are_published_with_unknown_keys_and_judged_as_the_consumer_judges(
+    publisher, client, aiohttp_client, admin, token, fold, r, settings
 ):
     """An event goes to the stream with the keys this version does not know (SPEC 3: they
     are for consumers that do); a user's start gets its owner beside them. An event over
     the entry size limit is refused by index, as the consumer would dead-letter it, even
-    when only keys the consumer ignores make it that big."""
+    when only keys the consumer ignores make it that big, or the owner added to it. Through
+    the producer library `wks api` gives the app, and through the app's own default."""
+    if publisher == "default":
+        client = await aiohttp_client(create_app(settings, r))
     extra = {"priority": 7, "labels": {"team": "data"}}
     body = [
         _ev("workflow.started", "kept", workflowId="etl", totalSteps=1, **extra),
@@ -134,7 +141,13 @@ async def test_events_are_published_as_sent_and_judged_as_the_consumer_judges_th
 
     alice = bearer(await token("alice", "user"))
     mine = _ev("workflow.started", "al-kept", workflowId="etl", totalSteps=1, **extra)
-    out = await (await client.post(URL, headers=alice, json=[mine])).json()
+    # as long as the limit allows without an owner: the owner then makes it too long
+    fits = _ev("workflow.started", "al-full", workflowId="etl", totalSteps=1, note="")
+    fits["note"] = "x" * (256 * 1024 - len(json.dumps(fits, separators=(",", ":"))))
+    assert len(json.dumps(fits, separators=(",", ":"))) == 256 * 1024
+    out = await (await client.post(URL, headers=alice, json=[mine, fits])).json()
+    assert [e["index"] for e in out["errors"]] == [1]
+    assert "over the 262144 byte limit" in out["errors"][0]["error"]
     (entry,) = await r.xrange(settings.keys.workflow_stream, min=out["entries"][0]["entryId"])
     assert json.loads(entry[1][b"event"]) == {**mine, "owner": "alice"}
 

@@ -60,6 +60,24 @@ class TestRefusedBeforePublishing:
         assert await nothing_published(r, settings)
         assert p.buffered == 0
 
+    async def test_payloads_are_judged_and_published_as_they_are(
+        self, settings: Settings, r: aioredis.Redis
+    ) -> None:
+        """JSON handed over as bytes (the HTTP ingest's, unknown keys kept) is judged like
+        events: one the consumers would refuse stops the call before anything is sent; the
+        rest go to the stream byte for byte."""
+        p = Producer(r, settings.keys)
+        good = b'{"type":"workflow.completed","executionId":"pj","ts":1,"extra":[1,2]}'
+        bad = b'{"type":"workflow.completed","executionId":"pj","ts":"1"}'
+        with pytest.raises(BadEventError, match=r"payload 2 of 2 not published.*ts"):
+            await p.publish_payloads([good, bad])
+        assert await nothing_published(r, settings)
+        (entry_id,) = await p.publish_payloads([good])
+        sent = await r.xrange(settings.keys.workflow_stream)
+        assert [(i.decode(), f[b"event"]) for i, f in sent] == [(entry_id, good)]
+        with pytest.raises(BadEventError, match="payload not published"):
+            await p.publish_payloads([good], settings.keys.backup_stream)  # backup rules
+
     @pytest.mark.parametrize("size", [10, 1000])
     async def test_a_batch_with_one_bad_event_publishes_none_of_it(
         self, settings: Settings, r: aioredis.Redis, size: int

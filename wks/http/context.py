@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from producers.checks import check_payloads, stream_kind
 from wks.config import Settings
 from wks.events import BackupRequested, Event, encode, now_ms
 from wks.http.ratelimit import RateLimiter
@@ -32,6 +33,10 @@ class Publisher(Protocol):
 
     async def publish_many(
         self, events: Sequence[Event], stream: str | None = None
+    ) -> list[str] | None: ...
+
+    async def publish_payloads(
+        self, payloads: Sequence[bytes], stream: str | None = None
     ) -> list[str] | None: ...
 
     async def request_backup(
@@ -54,10 +59,21 @@ class StreamPublisher:
     async def publish_many(
         self, events: Sequence[Event], stream: str | None = None
     ) -> list[str] | None:
+        return await self._xadd(stream, [encode(event) for event in events])
+
+    async def publish_payloads(
+        self, payloads: Sequence[bytes], stream: str | None = None
+    ) -> list[str] | None:
+        """Events' JSON as it is, judged as `Producer.publish_payloads` judges it."""
+        target = stream or self.keys.workflow_stream
+        check_payloads(payloads, stream_kind(self.keys, target))
+        return await self._xadd(target, payloads)
+
+    async def _xadd(self, stream: str | None, payloads: Sequence[bytes]) -> list[str]:
         target = stream or self.keys.workflow_stream
         async with self.redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                pipe.xadd(target, {EVENT_FIELD: encode(event)})
+            for payload in payloads:
+                pipe.xadd(target, {EVENT_FIELD: payload})
             raw = await pipe.execute()
         return [text(r) for r in raw]
 

@@ -1,10 +1,10 @@
 """`POST /api/events`: ingest a JSON array of workflow events in one publish.
 
-Every element is judged on its own, as the state consumer will judge its entry
-(`wks.events.decode_workflow`: the entry size limit included); the valid ones are published
-in one call, each as the client sent it (keys this version does not know are kept for the
-consumers that do, SPEC 3), and the invalid ones are reported by index without dropping the
-good ones.
+Every element is encoded again as compact JSON, keys this version does not know included
+(SPEC 3: they are for the consumers that do), and those bytes are judged as the state
+consumer will judge its entry (`wks.events.decode_workflow`: the entry size limit included)
+and published as they are. The valid ones go in one call; the invalid ones are reported by
+index without dropping the good ones.
 
 Status codes: 202 when at least one event was published (the answer lists the entry ids, for
 `?after=` reads, and the per-index errors, if any); 400 when nothing was accepted (not an
@@ -39,12 +39,14 @@ _encode = msgspec.json.Encoder().encode
 _DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
 
 
-Judged = tuple[int, WorkflowEvent, dict[str, Any]]  # index, event, the element as sent
+Judged = tuple[int, WorkflowEvent, bytes]  # index, event, the payload to publish
 
 
 def _judged(index: int, item: Any) -> Judged:
-    """An element of the body as an event, or BadEventError with the reason."""
-    return index, decode_workflow(_encode(item)), item
+    """An element of the body as an event and its payload, or BadEventError with the
+    reason: the very bytes published are the ones judged."""
+    payload = _encode(item)
+    return index, decode_workflow(payload), payload
 
 
 async def _owned(
@@ -59,7 +61,7 @@ async def _owned(
     started_here = {event.execution_id for _, event, _ in events
                     if isinstance(event, WorkflowStarted)
                     and event.owner in (None, principal.sub)}
-    for index, event, item in events:
+    for index, event, payload in events:
         eid = event.execution_id
         if eid not in known:
             known[eid] = await queries.owner_of(store, eid)
@@ -69,8 +71,12 @@ async def _owned(
             continue
         if isinstance(event, WorkflowStarted):
             if event.owner is None:
-                event = msgspec.structs.replace(event, owner=principal.sub)
-                item = {**item, "owner": principal.sub}
+                try:  # judged again: the owner makes the entry longer
+                    _, event, payload = _judged(
+                        index, {**msgspec.json.decode(payload), "owner": principal.sub})
+                except BadEventError as exc:
+                    errors.append({"index": index, "error": exc.reason})
+                    continue
             elif event.owner != principal.sub:
                 errors.append({"index": index, "error": "owner must be your own subject"})
                 continue
@@ -79,7 +85,7 @@ async def _owned(
                            "error": "execution not found (start it in this request, or wait "
                                     "until its workflow.started is applied)"})
             continue
-        allowed.append((index, event, item))
+        allowed.append((index, event, payload))
     return allowed, errors
 
 
@@ -110,7 +116,7 @@ async def ingest(request: web.Request) -> web.Response:
         raise ApiError(400, "no valid events", extra={"accepted": 0, "errors": errors})
     try:
         ids = await request.app[PRODUCER].publish_payloads(
-            [_encode(item) for _, _, item in good])
+            [payload for _, _, payload in good])
     except _DOWN as exc:
         raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
     entries = [{"index": index, "entryId": entry_id}

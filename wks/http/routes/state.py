@@ -13,9 +13,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from loguru import logger
+from redis.exceptions import ResponseError
 
 from wks.aio import wait_stop
-from wks.errors import RedisUnavailable
+from wks.errors import BadEventError, RedisUnavailable
 from wks.events import CleanupCompleted, WorkflowFailed, now_ms
 from wks.http import openapi as oa
 from wks.http import queries
@@ -111,11 +112,12 @@ def _human(seconds: float) -> str:
 
 async def _cleanup_outcome(request: web.Request, outcome: CleanupCompleted) -> None:
     """The cleanup's outcome on the results stream (SPEC 2), for whoever audits it. The
-    failures it published are the cleanup itself: when Redis goes away between the two,
-    the request still succeeded, and only this record is missing (logged)."""
+    failures it published are the cleanup itself: when this record cannot be written after
+    them (Redis gone, or refusing writes), the request still succeeded, and the record is
+    missing (logged)."""
     try:
         await request.app[PRODUCER].publish(outcome, request.app[SETTINGS].keys.results_stream)
-    except _DOWN as exc:
+    except (*_DOWN, ResponseError, BadEventError) as exc:
         logger.warning("cleanup outcome not written to the results stream: {}", exc)
 
 
