@@ -13,6 +13,7 @@ managed services) it falls back to the MULTI pipeline and says so once.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from wks.keys import Keys
 from wks.redis import run_script, scripts_refused
 from wks.resp import mux_of
-from wks.state import TERMINAL, State, mirror_fields
+from wks.state import TERMINAL, State, mirror_fields, mirror_pairs
 
 # KEYS[1] = the active set, KEYS[1 + i] = the hash of row i.
 # ARGV[1] = TTL in ms for terminal states; ARGV[2] = msgpack [[terminal, id, f, v, ...], ...]
@@ -47,9 +48,8 @@ _pack = msgspec.msgpack.Encoder()
 
 def _row(s: State) -> list[object]:
     """[terminal, id, field, value, ...]: the script's row for one state."""
-    row: list[object] = [1 if s.status in TERMINAL else 0, s.execution_id]
-    for field in mirror_fields(s).items():
-        row += field
+    row = cast(list[object], mirror_pairs(s))  # a new list: the head goes in front
+    row[:0] = (1 if s.status in TERMINAL else 0, s.execution_id)
     return row
 
 

@@ -235,30 +235,35 @@ def state_dict(state: State) -> dict[str, Any]:
 
 
 def mirror_fields(state: State) -> dict[str, str]:
-    """The Redis mirror hash: camelCase fields as strings, data as JSON, absent fields out.
+    """The Redis mirror hash: camelCase fields as strings, data as JSON, absent fields out."""
+    pairs = mirror_pairs(state)
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
-    Built field by field rather than through msgspec.to_builtins: it runs for every touched
-    execution of every batch, and the generic walk was a third of the mirror's cost.
+
+def mirror_pairs(state: State) -> list[str]:
+    """`mirror_fields` as [field, value, field, value, ...], as HSET takes them.
+
+    Built field by field rather than through msgspec.to_builtins, and as a list rather than
+    a dict: it runs for every touched execution of every batch (the generic walk was a
+    third of the mirror's cost, and the dict a third of what was left).
     """
     s = state
-    out = {
-        "executionId": s.execution_id, "status": s.status, "progress": str(s.progress),
-        "completedSteps": str(s.completed_steps),
-        "data": _state_encoder.encode(s.data).decode(),
-        "startedAt": str(s.started_at), "updatedAt": str(s.updated_at),
-    }
+    out = ["executionId", s.execution_id, "status", s.status, "progress", str(s.progress),
+           "completedSteps", str(s.completed_steps),
+           "data", _state_encoder.encode(s.data).decode(),
+           "startedAt", str(s.started_at), "updatedAt", str(s.updated_at)]
     if s.current_step is not None:
-        out["currentStep"] = s.current_step
+        out += ("currentStep", s.current_step)
     if s.workflow_id is not None:
-        out["workflowId"] = s.workflow_id
+        out += ("workflowId", s.workflow_id)
     if s.total_steps is not None:
-        out["totalSteps"] = str(s.total_steps)
+        out += ("totalSteps", str(s.total_steps))
     if s.estimated_completion is not None:
-        out["estimatedCompletion"] = str(s.estimated_completion)
+        out += ("estimatedCompletion", str(s.estimated_completion))
     if s.error is not None:
-        out["error"] = s.error
+        out += ("error", s.error)
     if s.owner is not None:
-        out["owner"] = s.owner
+        out += ("owner", s.owner)
     return out
 
 
