@@ -59,6 +59,9 @@ class BackupHandler:
     def decode(self, raw: bytes) -> BackupCommand:
         return decode_backup(raw)
 
+    def decode_many(self, raws: list[bytes]) -> None:
+        return None  # a command at a time: each judged by `decode`
+
     async def prepare(self, items: Sequence[StreamEntry]) -> None:
         return None  # one backup or verification at a time: nothing to do ahead
 

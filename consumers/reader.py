@@ -55,12 +55,15 @@ _PRUNE_EVERY = 600.0  # seconds between two prunings of departed consumers
 
 
 class Handler(Protocol):
-    """What a group runs: decode raw bytes (raise BadEventError), prepare a decoded batch
-    ahead of its turn (on the event loop's thread while the batch before it is in SQLite's
-    hands, yielding to it often; None when there is nothing to prepare), and apply a batch
-    durably (with what `prepare` returned for exactly these items, or None)."""
+    """What a group runs: decode raw bytes (raise BadEventError), or a slice of them at once
+    (the items when all plainly decode, else None and `decode` judges each), prepare a
+    decoded batch ahead of its turn (on the event loop's thread while the batch before it is
+    in SQLite's hands, yielding to it often; None when there is nothing to prepare), and
+    apply a batch durably (with what `prepare` returned for exactly these items, or None)."""
 
     def decode(self, raw: bytes) -> Any: ...
+
+    def decode_many(self, raws: list[bytes]) -> list[Any] | None: ...
 
     async def prepare(self, items: Sequence[StreamEntry]) -> Any: ...
 
@@ -349,20 +352,40 @@ class GroupReader:
         Runs on the event loop's thread, so it yields every `DECODE_SLICE` entries: the
         batch in SQLite's hands gets its turn (merge, mirror) without waiting for all of it."""
         out = Decoded()
-        good, dead, decode = out.good, out.dead, self.handler.decode
-        for n, raw in enumerate(batch, 1):
-            if n % DECODE_SLICE == 0:
+        for start in range(0, len(batch), DECODE_SLICE):
+            if start:
                 await asyncio.sleep(0)
+            self._decode_slice(batch[start:start + DECODE_SLICE], out)
+        return out
+
+    def _decode_slice(self, part: list[RawEntry], out: Decoded) -> None:
+        """`_decode` of one slice: the handler's `decode_many` for all of its payloads at
+        once, or where that declines, `decode` one by one."""
+        dead = out.dead
+        todo: list[tuple[RawEntry, bytes]] = []
+        for raw in part:
             if raw.fields is None:
                 continue  # deleted while pending: nothing to apply, only acknowledge
             payload = raw.fields.get(EVENT_FIELD)
             if payload is None:
                 dead.append((raw, no_event_reason(raw.fields)))
-                continue
-            if raw.deliveries > self.max_deliveries:
+            elif raw.deliveries > self.max_deliveries:
                 dead.append((raw, f"delivered {raw.deliveries} times without success "
                                   f"(maxDeliveries {self.max_deliveries})"))
-                continue
+            else:
+                todo.append((raw, payload))
+        try:
+            items = self.handler.decode_many([payload for _, payload in todo])
+        except Exception as exc:  # a decoder bug: each entry is judged on its own below
+            self._log.opt(exception=exc).error("decoding a slice raised {}; decoding its "
+                                               "entries one by one", type(exc).__name__)
+            items = None
+        if items is not None and len(items) == len(todo):
+            out.good += [StreamEntry(raw.entry_id, item, payload)
+                         for (raw, payload), item in zip(todo, items, strict=True)]
+            return
+        good, decode = out.good, self.handler.decode
+        for raw, payload in todo:
             try:
                 good.append(StreamEntry(raw.entry_id, decode(payload), payload))
             except BadEventError as exc:
@@ -371,7 +394,6 @@ class GroupReader:
                 self._log.opt(exception=exc).error("decoding entry {} raised {}",
                                                    raw.entry_id, type(exc).__name__)
                 dead.append((raw, cannot_decode(exc)))
-        return out
 
     async def _prepare(self, decoded: Decoded) -> None:
         """The handler's work ahead of the batch's turn. A failure here only loses the head

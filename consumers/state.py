@@ -17,7 +17,7 @@ from loguru import logger
 
 from consumers.mirror import MirrorWriter
 from wks.batch_rows import LogRows, log_rows_sliced
-from wks.events import StreamEntry, WorkflowEvent, decode_workflow
+from wks.events import StreamEntry, WorkflowEvent, decode_workflow, decode_workflows
 from wks.keys import Keys
 from wks.state import State
 from wks.store import Store
@@ -40,6 +40,9 @@ class StateHandler:
 
     def decode(self, raw: bytes) -> WorkflowEvent:
         return decode_workflow(raw)
+
+    def decode_many(self, raws: list[bytes]) -> list[WorkflowEvent] | None:
+        return decode_workflows(raws)
 
     async def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
         return await log_rows_sliced(items)

@@ -31,6 +31,9 @@ class Counting:
     def decode(self, raw: bytes) -> WorkflowEvent:
         return self.inner.decode(raw)
 
+    def decode_many(self, raws: list[bytes]) -> list[WorkflowEvent] | None:
+        return self.inner.decode_many(raws)
+
     async def prepare(self, items: Sequence[StreamEntry]) -> LogRows:
         return await self.inner.prepare(items)
 

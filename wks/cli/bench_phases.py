@@ -68,6 +68,9 @@ class Observed:
     def decode(self, raw: bytes) -> Any:
         return self.inner.decode(raw)
 
+    def decode_many(self, raws: list[bytes]) -> list[Any] | None:
+        return self.inner.decode_many(raws)  # type: ignore[no-any-return]
+
     async def prepare(self, items: Sequence[StreamEntry]) -> Any:
         return await self.inner.prepare(items)
 
