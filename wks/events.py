@@ -350,22 +350,15 @@ def decode_workflows(payloads: Sequence[bytes]) -> list[WorkflowEvent] | None:
     verdict: tests/unit/test_consumer_decode.py)."""
     if not payloads:
         return []
-    longest = max(map(len, payloads))
-    if longest > MAX_DATA_BYTES:  # none over the data limit: none over the entry limit
+    if not _plain_bytes(payloads):
         return None
-    if longest >= 2 * (MAX_NESTING + 1):  # as plainly_valid: only long ones can be too deep
-        opened = max(p.count(b"{") for p in payloads) + max(p.count(b"[") for p in payloads)
-        if opened > MAX_NESTING:
-            return None
     decode = _workflow_decoder.decode
     try:
         events = [decode(p) for p in payloads]
         _fold_values.encode([e.data for e in events if type(e) in _WITH_DATA])
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, OverflowError):
         return None
-    ids = "".join([e.execution_id for e in events])
-    ids += "".join([e.workflow_id for e in events if type(e) is WorkflowStarted])
-    if ids.translate(_ID_CHARS):  # as _check_ids
+    if not _plain_ids(events):
         return None
     for event in events:
         if event.event_id == "":
@@ -410,6 +403,19 @@ def plainly_valid(blob: bytes, payloads: list[bytes]) -> bool:
     array and a few passes in C instead of a decode per payload. Kept beside those checks:
     a rule added there belongs here too (tests/integration/test_producer_checks.py holds
     the two to one verdict)."""
+    if not _plain_bytes(payloads):
+        return False
+    try:
+        events = _workflow_list.decode(blob)
+        _fold_values.encode(events)  # data's integers fit the stored fold (as _check_data)
+    except (msgspec.DecodeError, RecursionError, OverflowError):
+        return False
+    return _plain_ids(events)
+
+
+def _plain_bytes(payloads: Sequence[bytes]) -> bool:
+    """No payload is over the size limits or nested too deep (`_decode`'s byte checks), as
+    far as a few passes over all of them in C can tell: False means "look closer"."""
     longest = max(map(len, payloads))
     # none over the data limit: none over the entry limit, no data over its own
     if longest > MAX_DATA_BYTES:
@@ -420,14 +426,14 @@ def plainly_valid(blob: bytes, payloads: list[bytes]) -> bool:
         opened = max(p.count(b"{") for p in payloads) + max(p.count(b"[") for p in payloads)
         if opened > MAX_NESTING:
             return False
-    try:
-        events = _workflow_list.decode(blob)
-        _fold_values.encode(events)  # data's integers fit the stored fold (as _check_data)
-    except (msgspec.DecodeError, RecursionError, OverflowError):
-        return False
+    return True
+
+
+def _plain_ids(events: Sequence[Any]) -> bool:
+    """Every id of `events` is made of the allowed characters (as `_check_ids`)."""
     ids = "".join([e.execution_id for e in events])
     ids += "".join([e.workflow_id for e in events if type(e) is WorkflowStarted])
-    return not ids.translate(_ID_CHARS)  # as _check_ids
+    return not ids.translate(_ID_CHARS)
 
 
 def encode(event: Event) -> bytes:
