@@ -16,7 +16,13 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from wks.errors import BadEventError, StoreError
-from wks.events import DECODE_SLICE, StreamEntry, cannot_decode, decode_workflow
+from wks.events import (
+    DECODE_SLICE,
+    StreamEntry,
+    cannot_decode,
+    decode_workflow,
+    decode_workflows,
+)
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD
 from wks.redis import ReadSize, fields_dict, no_event_reason, read_range
@@ -72,14 +78,27 @@ async def iter_pages(
 
 
 def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
-    """Decoded workflow entries, and (entry id, reason) for the ones that are bad."""
+    """Decoded workflow entries, and (entry id, reason) for the ones that are bad: all at
+    once when they plainly decode (`decode_workflows`, as the consumer reads them), else
+    one by one."""
     good: list[StreamEntry] = []
     bad: list[tuple[str, str]] = []
+    todo: list[tuple[str, bytes]] = []
     for entry_id, fields in page:
         raw = fields.get(EVENT_FIELD)
         if raw is None:
             bad.append((entry_id, no_event_reason(fields)))
-            continue
+        else:
+            todo.append((entry_id, raw))
+    try:
+        events = decode_workflows([raw for _, raw in todo])
+    except Exception:  # a decoder bug: each entry is judged on its own below
+        events = None
+    if events is not None:
+        good += [StreamEntry(entry_id, event, raw)
+                 for (entry_id, raw), event in zip(todo, events, strict=True)]
+        return good, bad
+    for entry_id, raw in todo:
         try:
             good.append(StreamEntry(entry_id, decode_workflow(raw), raw))
         except BadEventError as exc:
