@@ -360,32 +360,33 @@ class GroupReader:
 
     def _decode_slice(self, part: list[RawEntry], out: Decoded) -> None:
         """`_decode` of one slice: the handler's `decode_many` for all of its payloads at
-        once, or where that declines, `decode` one by one."""
-        dead = out.dead
+        once, or where that declines (or the handler has none), `decode` one by one. Either
+        way the dead letters are in stream order."""
+        early: list[tuple[RawEntry, str]] = []  # dead before decoding
         todo: list[tuple[RawEntry, bytes]] = []
         for raw in part:
             if raw.fields is None:
                 continue  # deleted while pending: nothing to apply, only acknowledge
-            payload = raw.fields.get(EVENT_FIELD)
-            if payload is None:
-                dead.append((raw, no_event_reason(raw.fields)))
-            elif raw.deliveries > self.max_deliveries:
-                dead.append((raw, f"delivered {raw.deliveries} times without success "
-                                  f"(maxDeliveries {self.max_deliveries})"))
+            reason = self._undecodable(raw, raw.fields)
+            if reason is None:
+                todo.append((raw, raw.fields[EVENT_FIELD]))
             else:
-                todo.append((raw, payload))
-        try:
-            items = self.handler.decode_many([payload for _, payload in todo])
-        except Exception as exc:  # a decoder bug: each entry is judged on its own below
-            self._log.opt(exception=exc).error("decoding a slice raised {}; decoding its "
-                                               "entries one by one", type(exc).__name__)
-            items = None
+                early.append((raw, reason))
+        items = self._decode_many([payload for _, payload in todo])
         if items is not None and len(items) == len(todo):
+            out.dead += early
             out.good += [StreamEntry(raw.entry_id, item, payload)
                          for (raw, payload), item in zip(todo, items, strict=True)]
             return
-        good, decode = out.good, self.handler.decode
-        for raw, payload in todo:
+        good, dead, decode = out.good, out.dead, self.handler.decode
+        for raw in part:
+            if raw.fields is None:
+                continue
+            reason = self._undecodable(raw, raw.fields)
+            if reason is not None:
+                dead.append((raw, reason))
+                continue
+            payload = raw.fields[EVENT_FIELD]
             try:
                 good.append(StreamEntry(raw.entry_id, decode(payload), payload))
             except BadEventError as exc:
@@ -394,6 +395,29 @@ class GroupReader:
                 self._log.opt(exception=exc).error("decoding entry {} raised {}",
                                                    raw.entry_id, type(exc).__name__)
                 dead.append((raw, cannot_decode(exc)))
+
+    def _undecodable(self, raw: RawEntry, fields: dict[bytes, bytes]) -> str | None:
+        """Why an entry (with these fields) is dead before its payload is looked at, if it
+        is."""
+        if EVENT_FIELD not in fields:
+            return no_event_reason(fields)
+        if raw.deliveries > self.max_deliveries:
+            return (f"delivered {raw.deliveries} times without success "
+                    f"(maxDeliveries {self.max_deliveries})")
+        return None
+
+    def _decode_many(self, payloads: list[bytes]) -> list[Any] | None:
+        """The handler's `decode_many`, None where it has none or it fails (a decoder bug:
+        the entries are then judged one by one)."""
+        many = getattr(self.handler, "decode_many", None)
+        if many is None:
+            return None
+        try:
+            return many(payloads)  # type: ignore[no-any-return]
+        except Exception as exc:
+            self._log.opt(exception=exc).error("decoding a slice raised {}; decoding its "
+                                               "entries one by one", type(exc).__name__)
+            return None
 
     async def _prepare(self, decoded: Decoded) -> None:
         """The handler's work ahead of the batch's turn. A failure here only loses the head

@@ -340,7 +340,7 @@ _WITH_DATA = (WorkflowStarted, WorkflowProgress, WorkflowCompleted)  # events wi
 
 
 def decode_workflows(payloads: Sequence[bytes]) -> list[WorkflowEvent] | None:
-    """For a consumer decoding a slice of entries: every payload's event, as
+    """For a consumer (or replay) decoding a slice of entries: every payload's event, as
     `decode_workflow` gives it, when all of them plainly pass its checks; None when some
     needs `decode_workflow` itself (its verdict, its reason, its second try for lone
     surrogates). Each payload is decoded on its own (a payload is untrusted: joined into
@@ -415,7 +415,9 @@ def plainly_valid(blob: bytes, payloads: list[bytes]) -> bool:
 
 def _plain_bytes(payloads: Sequence[bytes]) -> bool:
     """No payload is over the size limits or nested too deep (`_decode`'s byte checks), as
-    far as a few passes over all of them in C can tell: False means "look closer"."""
+    far as a few passes over all of them in C can tell, for payloads that are complete JSON
+    (an unbalanced one may pass here: the decode that follows refuses it): False means
+    "look closer"."""
     longest = max(map(len, payloads))
     # none over the data limit: none over the entry limit, no data over its own
     if longest > MAX_DATA_BYTES:

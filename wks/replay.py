@@ -92,9 +92,11 @@ def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
             todo.append((entry_id, raw))
     try:
         events = decode_workflows([raw for _, raw in todo])
-    except Exception:  # a decoder bug: each entry is judged on its own below
+    except Exception as exc:  # a decoder bug: each entry is judged on its own below
+        logger.opt(exception=exc).error("decoding a page raised {}; decoding its entries "
+                                        "one by one", type(exc).__name__)
         events = None
-    if events is not None:
+    if events is not None and len(events) == len(todo):
         good += [StreamEntry(entry_id, event, raw)
                  for (entry_id, raw), event in zip(todo, events, strict=True)]
         return good, bad
