@@ -33,8 +33,15 @@ from consumers.acks import Acknowledger, RawEntry, reason_kind
 from consumers.prune import PRUNE_IDLE, ConsumerPruner
 from wks import metrics
 from wks.aio import wait_stop
-from wks.errors import BadEventError, StoreError, TransientError
-from wks.events import DECODE_SLICE, StreamEntry, cannot_decode, split_entry_id, type_tag
+from wks.errors import StoreError, TransientError
+from wks.events import (
+    DECODE_SLICE,
+    Refused,
+    StreamEntry,
+    decode_slice,
+    split_entry_id,
+    type_tag,
+)
 from wks.isolate import apply_failed, failing_alone
 from wks.keys import EVENT_FIELD, Keys
 from wks.liveness import Heartbeat
@@ -359,42 +366,33 @@ class GroupReader:
         return out
 
     def _decode_slice(self, part: list[RawEntry], out: Decoded) -> None:
-        """`_decode` of one slice: the handler's `decode_many` for all of its payloads at
-        once, or where that declines (or the handler has none), `decode` one by one. Either
-        way the dead letters are in stream order."""
-        early: list[tuple[RawEntry, str]] = []  # dead before decoding
-        todo: list[tuple[RawEntry, bytes]] = []
+        """`_decode` of one slice (`wks.events.decode_slice`: the handler's `decode_many`
+        for all of its payloads at once, or its `decode` one by one), in stream order."""
+        rows: list[tuple[RawEntry, bytes | Refused]] = []  # an entry's payload, or why not
         for raw in part:
             if raw.fields is None:
                 continue  # deleted while pending: nothing to apply, only acknowledge
             reason = self._undecodable(raw, raw.fields)
-            if reason is None:
-                todo.append((raw, raw.fields[EVENT_FIELD]))
+            rows.append((raw, raw.fields[EVENT_FIELD] if reason is None else Refused(reason)))
+        payloads = [p for _, p in rows if not isinstance(p, Refused)]
+
+        def bug(index: int | None, exc: Exception) -> None:  # a decoder bug (SPEC 5)
+            decoded = [raw for raw, p in rows if not isinstance(p, Refused)]
+            what = "a slice" if index is None else f"entry {decoded[index].entry_id}"
+            self._log.opt(exception=exc).error("decoding {} raised {}", what,
+                                               type(exc).__name__)
+
+        items = iter(decode_slice(payloads, self.handler.decode,
+                                  getattr(self.handler, "decode_many", None), bug))
+        for raw, payload in rows:
+            if isinstance(payload, Refused):
+                out.dead.append((raw, payload.reason))
+                continue
+            item = next(items)
+            if isinstance(item, Refused):
+                out.dead.append((raw, item.reason))
             else:
-                early.append((raw, reason))
-        items = self._decode_many([payload for _, payload in todo])
-        if items is not None and len(items) == len(todo):
-            out.dead += early
-            out.good += [StreamEntry(raw.entry_id, item, payload)
-                         for (raw, payload), item in zip(todo, items, strict=True)]
-            return
-        good, dead, decode = out.good, out.dead, self.handler.decode
-        for raw in part:
-            if raw.fields is None:
-                continue
-            reason = self._undecodable(raw, raw.fields)
-            if reason is not None:
-                dead.append((raw, reason))
-                continue
-            payload = raw.fields[EVENT_FIELD]
-            try:
-                good.append(StreamEntry(raw.entry_id, decode(payload), payload))
-            except BadEventError as exc:
-                dead.append((raw, exc.reason))
-            except Exception as exc:  # a decoder bug must not stop the group (SPEC 5)
-                self._log.opt(exception=exc).error("decoding entry {} raised {}",
-                                                   raw.entry_id, type(exc).__name__)
-                dead.append((raw, cannot_decode(exc)))
+                out.good.append(StreamEntry(raw.entry_id, item, payload))
 
     def _undecodable(self, raw: RawEntry, fields: dict[bytes, bytes]) -> str | None:
         """Why an entry (with these fields) is dead before its payload is looked at, if it
@@ -405,19 +403,6 @@ class GroupReader:
             return (f"delivered {raw.deliveries} times without success "
                     f"(maxDeliveries {self.max_deliveries})")
         return None
-
-    def _decode_many(self, payloads: list[bytes]) -> list[Any] | None:
-        """The handler's `decode_many`, None where it has none or it fails (a decoder bug:
-        the entries are then judged one by one)."""
-        many = getattr(self.handler, "decode_many", None)
-        if many is None:
-            return None
-        try:
-            return many(payloads)  # type: ignore[no-any-return]
-        except Exception as exc:
-            self._log.opt(exception=exc).error("decoding a slice raised {}; decoding its "
-                                               "entries one by one", type(exc).__name__)
-            return None
 
     async def _prepare(self, decoded: Decoded) -> None:
         """The handler's work ahead of the batch's turn. A failure here only loses the head

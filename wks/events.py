@@ -12,7 +12,7 @@ import re
 import string
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import msgspec
 
@@ -364,6 +364,42 @@ def decode_workflows(payloads: Sequence[bytes]) -> list[WorkflowEvent] | None:
         if event.event_id == "":
             _empty_event_id_is_none(event)
     return events
+
+
+class Refused(NamedTuple):
+    """A payload `decode_slice` refused, and why (the dead letter's reason)."""
+
+    reason: str
+
+
+def decode_slice(
+    payloads: Sequence[bytes], decode: Callable[[bytes], Any],
+    decode_many: Callable[[list[bytes]], list[Any] | None] | None,
+    on_bug: Callable[[int | None, Exception], None],
+) -> list[Any]:
+    """Each payload's item, or `Refused`, in order: all at once through `decode_many` (the
+    consumer's or replay's `decode_workflows`) when it takes them all, else one by one
+    through `decode`, whose BadEventError gives the reason. Anything else raised is a
+    decoder bug: reported to `on_bug` (with the payload's index, None for `decode_many`),
+    and the payload refused as `cannot_decode` says, never allowed to stop a consumer."""
+    if decode_many is not None:
+        try:
+            items = decode_many(list(payloads))
+        except Exception as exc:
+            on_bug(None, exc)
+            items = None
+        if items is not None and len(items) == len(payloads):
+            return items
+    out: list[Any] = []
+    for index, payload in enumerate(payloads):
+        try:
+            out.append(decode(payload))
+        except BadEventError as exc:
+            out.append(Refused(exc.reason))
+        except Exception as exc:
+            on_bug(index, exc)
+            out.append(Refused(cannot_decode(exc)))
+    return out
 
 
 def decode_backup(raw: bytes) -> BackupCommand:

@@ -15,11 +15,12 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from loguru import logger
 
-from wks.errors import BadEventError, StoreError
+from wks.errors import StoreError
 from wks.events import (
     DECODE_SLICE,
+    Refused,
     StreamEntry,
-    cannot_decode,
+    decode_slice,
     decode_workflow,
     decode_workflows,
 )
@@ -78,35 +79,28 @@ async def iter_pages(
 
 
 def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
-    """Decoded workflow entries, and (entry id, reason) for the ones that are bad: all at
-    once when they plainly decode (`decode_workflows`, as the consumer reads them), else
-    one by one."""
+    """Decoded workflow entries, and (entry id, reason) for the ones that are bad, in page
+    order: as the consumer decodes them (`decode_slice`: all at once when they plainly
+    decode, else one by one)."""
+    payloads = [raw for _, fields in page if (raw := fields.get(EVENT_FIELD)) is not None]
+
+    def bug(index: int | None, exc: Exception) -> None:  # skipped like a bad event
+        logger.opt(exception=exc).error("decoding {} raised {}", "a page" if index is None
+                                        else "an entry", type(exc).__name__)
+
+    items = iter(decode_slice(payloads, decode_workflow, decode_workflows, bug))
     good: list[StreamEntry] = []
     bad: list[tuple[str, str]] = []
-    todo: list[tuple[str, bytes]] = []
     for entry_id, fields in page:
         raw = fields.get(EVENT_FIELD)
         if raw is None:
             bad.append((entry_id, no_event_reason(fields)))
+            continue
+        item = next(items)
+        if isinstance(item, Refused):
+            bad.append((entry_id, item.reason))
         else:
-            todo.append((entry_id, raw))
-    try:
-        events = decode_workflows([raw for _, raw in todo])
-    except Exception as exc:  # a decoder bug: each entry is judged on its own below
-        logger.opt(exception=exc).error("decoding a page raised {}; decoding its entries "
-                                        "one by one", type(exc).__name__)
-        events = None
-    if events is not None and len(events) == len(todo):
-        good += [StreamEntry(entry_id, event, raw)
-                 for (entry_id, raw), event in zip(todo, events, strict=True)]
-        return good, bad
-    for entry_id, raw in todo:
-        try:
-            good.append(StreamEntry(entry_id, decode_workflow(raw), raw))
-        except BadEventError as exc:
-            bad.append((entry_id, exc.reason))
-        except Exception as exc:  # a decoder bug: skipped like a bad event, as a consumer does
-            bad.append((entry_id, cannot_decode(exc)))
+            good.append(StreamEntry(entry_id, item, raw))
     return good, bad
 
 
