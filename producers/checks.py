@@ -40,8 +40,7 @@ def encode_checked(
     stop = len(events) if stop is None else min(stop, len(events))
     if stream_kind != "workflow":  # backup requests come one at a time: no batch pass
         payloads = [encode(e) for e in events[start:stop]]
-        decode = decode_backup if stream_kind == "backup" else decode_any
-        _judge_each(events, payloads, start, decode)
+        _judge_each(payloads, start, _decoder(stream_kind), _named(events))
         return payloads
     payloads = []
     for first in range(start, stop, _SLICE):
@@ -53,7 +52,7 @@ def encode_checked(
             part = [encode(e) for e in chunk]
             blob = b""
         if not (blob and plainly_valid(blob, part)):
-            _judge_each(events, part, first, decode_workflow)
+            _judge_each(part, first, decode_workflow, _named(events))
         payloads += part
     return payloads
 
@@ -69,28 +68,37 @@ def stream_kind(keys: Keys, stream: str) -> str:
 def check_payloads(payloads: Sequence[bytes], stream_kind: str) -> None:
     """Raise BadEventError naming the first of `payloads` (events' JSON, made elsewhere)
     that the consumer of a `stream_kind` stream would refuse."""
-    decode = {"workflow": decode_workflow, "backup": decode_backup}.get(stream_kind, decode_any)
-    for index, raw in enumerate(payloads):
-        try:
-            decode(raw)
-        except BadEventError as exc:
-            where = f"payload {index + 1} of {len(payloads)}" if len(payloads) > 1 else "payload"
-            raise BadEventError(
-                f"{where} not published, the consumers would refuse it: {exc.reason}") from None
+    def name(index: int) -> str:
+        return f"payload {index + 1} of {len(payloads)}" if len(payloads) > 1 else "payload"
+
+    _judge_each(payloads, 0, _decoder(stream_kind), name)
+
+
+def _decoder(stream_kind: str) -> Callable[[bytes], Any]:
+    """The decoder of the consumers of a `stream_kind` stream."""
+    return {"workflow": decode_workflow, "backup": decode_backup}.get(stream_kind, decode_any)
+
+
+def _named(events: Sequence[Any]) -> Callable[[int], str]:
+    """How an error names `events[index]`: its place when there are several, its type."""
+    def name(index: int) -> str:
+        where = f"event {index + 1} of {len(events)} " if len(events) > 1 else ""
+        return f"{where}({_type_of(events[index])})"
+    return name
 
 
 def _judge_each(
-    events: Sequence[Any], payloads: list[bytes], offset: int, decode: Callable[[bytes], Any]
+    payloads: Sequence[bytes], offset: int, decode: Callable[[bytes], Any],
+    name: Callable[[int], str],
 ) -> None:
-    """The consumer's own decoder on each payload; its reason, if any, is the error."""
+    """The consumer's own decoder on each payload (the first counted `offset`); its reason,
+    if any, is the error, naming the payload as `name(index)` does."""
     for index, raw in enumerate(payloads, offset):
         try:
             decode(raw)
         except BadEventError as exc:
-            where = f"event {index + 1} of {len(events)} " if len(events) > 1 else ""
-            raise BadEventError(
-                f"{where}({_type_of(events[index])}) not published, the consumers would "
-                f"refuse it: {exc.reason}") from None
+            raise BadEventError(f"{name(index)} not published, the consumers would refuse "
+                                f"it: {exc.reason}") from None
 
 
 def _type_of(event: Any) -> str:
