@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from loguru import logger
 
@@ -182,9 +181,10 @@ def _left_server(var_dir: Path, url: str | None) -> tuple[int, str] | None:
     except (OSError, ValueError):
         return None  # no pid file, no such process, or no /proc (not Linux): not adopted
     args = title.split(b"\0")
-    on_port = True
-    if url is not None:
-        port = str(urlparse(url).port or 6379).encode()
+    on_port = url is None  # without a URL, any port; with one, its port (a TCP URL's)
+    hp = None if url is None else host_port(url)
+    if hp is not None:
+        port = str(hp[1]).encode()
         on_port = re.search(rb":%s\b" % port, args[0]) is not None \
             or (b"--port", port) in set(itertools.pairwise(args))
     if b"redis-server" in args[0] and on_port and cwd == str((var_dir / MANAGED_DIR).resolve()):
