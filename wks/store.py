@@ -34,7 +34,8 @@ from wks.state import Fold, State, decode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
 _POINT_PAUSE = 1.0  # seconds without point reads after one failed (see Store._point_read)
-_INLINE_MAX = 64  # batches up to this many entries are written from the loop's thread
+# batches up to this many entries are written from the loop's thread, row by row
+_INLINE_MAX = batch_rows.PLAIN_MAX
 # Entries per fold transaction when a backlog allows (the state group's reads, replay pages).
 # A commit writes every page the batch dirtied, and with executions spread over the indexes
 # that is about one page per execution; the per-execution work (upsert, mirror) also shrinks
@@ -443,9 +444,11 @@ class Store:
     ) -> list[State] | None:
         """A small batch: begin, load and write straight from the event loop's thread.
 
-        At low rates batches hold a few entries whose SQLite work (~0.2 ms) costs less than
-        a trip to the connection's thread (~0.5 ms each on a busy loop: the GIL hand-over),
-        and latency is what matters there. The loop never waits for the write lock (None
+        At low and middling rates batches hold a few entries to a few hundred, whose SQLite
+        work (~0.2 ms to a few ms, row by row: `batch_rows.PLAIN_MAX`) costs less than the
+        trips to the connection's thread (~0.5 ms each on a busy loop: the GIL hand-over)
+        and the one-step statements those trips need, and latency is what matters there.
+        The loop never waits for the write lock (None
         when another process holds it: the caller takes the threaded path, which waits up
         to the busy timeout); it waits for the disk only with `commit_small_on_loop`
         (otherwise COMMIT, the fsync, runs on the connection's thread). Nothing else is

@@ -165,7 +165,7 @@ async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_pat
     assert batch_rows.log_rows([far]).records is None  # row by row, where SQLite refuses it
     async with await Store.open(tmp_path / "far.db") as store:
         with pytest.raises(OverflowError):
-            await store.apply_batch([far] * 100)  # over _INLINE_MAX: the threaded path
+            await store.apply_batch([far] * (batch_rows.PLAIN_MAX + 1))  # the threaded path
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
         near = StreamEntry(f"{2**63 - 1}-{2**63 - 1}", event, encode(event))
         await store.apply_batch([near])
@@ -180,10 +180,10 @@ async def test_strings_the_padding_would_change_go_row_by_row(
     in code (past the decoder's id check) may hold a space or an empty eventId: their batch
     goes row by row and stores them as given; a batch without them goes as records."""
     plain = [ev.WorkflowProgress(execution_id=f"x{i}", completed_steps=i, ts=i,
-                                 event_id=f"e{i}") for i in range(10)]
+                                 event_id=f"e{i}") for i in range(batch_rows.PLAIN_MAX + 6)]
     odd = [ev.WorkflowProgress(execution_id="x ", completed_steps=1, ts=1, event_id="e1 "),
            ev.WorkflowProgress(execution_id="y", completed_steps=1, ts=2, event_id="")]
-    batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(plain)]]
+    batches = [[StreamEntry(f"{1000 + i}-0", e, encode(e)) for i, e in enumerate(plain)]]
     batches += [[StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(odd)]]
     assert batch_rows.log_rows(batches[0]).records is not None
     enough = batches[0][:batch_rows.PLAIN_MAX]  # past PLAIN_MAX, records are considered
