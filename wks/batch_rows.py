@@ -6,7 +6,8 @@ decoding) the writer thread waited for the GIL ~70% of its write time. So a batc
 one step: the upsert's rows as one JSON array parameter (`json_each`), its fold blobs as one
 BLOB cut with `substr`; the event_log rows as records in one BLOB, also cut with `substr`.
 Older SQLite (no `->>`), a value longer than SQLite takes, a NUL character in an upsert
-string, or a number records cannot carry: `executemany`, row by row.
+string, or a number records cannot carry: `executemany`, row by row. So does a batch of up to
+INLINE_MAX entries, written from the event loop's thread, where no other thread waits.
 """
 
 from __future__ import annotations
@@ -49,14 +50,19 @@ _LOG = _LOG_ROWS.format(rows="VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 # the one-step forms need the ->> operator (SQLite 3.38); older SQLite keeps executemany
 JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
-# Up to this many rows, executemany. The one-step forms are there for the GIL, not for
-# SQLite: without a busy thread beside it, executemany costs half their CPU at any size
-# (upsert 9-11 against 19-28 us a row, event_log 7-9 against 11-20 with the records built;
-# batches of 22-200 rows on one thread). Batches this small are written from the event
-# loop's thread (`wks.store`), where a step costs no hand-over: a few ms of the loop at
-# most. At 10,000 events/s (batches of tens) the consumer's CPU went from 85 to 76 us an
-# event and its p99 from 75-79 to 31-58 ms, against 64 rows on the loop before.
-PLAIN_MAX = 300
+# up to this many rows, executemany on any thread: building the one-step parameters costs
+# more than the steps they save when there are only a few
+PLAIN_MAX = 4
+# Batches up to this many entries are written from the event loop's thread (`wks.store`),
+# row by row whatever their number of executions: there a step costs no hand-over, and the
+# one-step forms are there for the GIL, not for SQLite. On one thread executemany costs
+# about half their CPU (upsert 9-11 against 19-28 us a row, event_log 7-9 against 11-20 with
+# the records built; batches of 22-200 rows measured), and a batch this size holds the loop
+# a few ms at most. At 10,000 events/s (batches of tens) the consumer's CPU went from 86-88
+# to 74-78 us an event and its p99 from 49-82 to 26-48 ms, against 64 entries before. Such a
+# batch goes to the connection's thread only while another process holds the write lock:
+# row by row there too, rarely.
+INLINE_MAX = 300
 
 
 def _json_columns(n: int) -> str:
@@ -256,13 +262,13 @@ def _add(part: Sequence[Entry], payloads: list[bytes], cut: _Cut | None) -> _Cut
 
 
 def _cuttable(entries: Sequence[Entry]) -> bool:
-    """Can records carry these rows, and is it worth it? A batch of up to PLAIN_MAX entries
+    """Can records carry these rows, and is it worth it? A batch of up to INLINE_MAX entries
     (written from the event loop's thread, where a step costs no GIL hand-over) goes row by
     row, which also skips building records on the loop. 20 digits hold any valid ts;
     one that bypassed validation goes row by row, and fails there. (`_fields` also leaves
     entry ids of 19 digits or more to the row-by-row path, which stores those up to 2^63-1
     and refuses the rest: SQLite's CAST would clamp them.)"""
-    return (JSON_ROWS and len(entries) > PLAIN_MAX
+    return (JSON_ROWS and len(entries) > INLINE_MAX
             and all(0 <= e.event.ts <= INT64_MAX for e in entries))
 
 
@@ -318,9 +324,11 @@ def _cut(rows: list[tuple[Any, ...]], limit: int) -> tuple[str, bytes] | None:
     return None if param is None else (param, joined)
 
 
-def write_states(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def write_states(db: sqlite3.Connection, rows: list[tuple[Any, ...]], *,
+                 plain: bool = False) -> None:
+    """The upsert; `plain`: row by row (from the event loop's thread, see INLINE_MAX)."""
     _in_transaction(db)
-    cut = None if len(rows) <= PLAIN_MAX else _cut(rows, _max_param(db))
+    cut = None if plain or len(rows) <= PLAIN_MAX else _cut(rows, _max_param(db))
     if cut is None:
         db.executemany(_UPSERT, rows)
     else:
@@ -353,5 +361,6 @@ def write_log(db: sqlite3.Connection, logs: LogRows) -> None:
 
 
 def write_batch(db: sqlite3.Connection, rows: list[tuple[Any, ...]], logs: LogRows) -> None:
+    """Both writes of a batch from the event loop's thread: row by row (INLINE_MAX)."""
     write_log(db, logs)
-    write_states(db, rows)
+    write_states(db, rows, plain=True)

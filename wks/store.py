@@ -34,8 +34,7 @@ from wks.state import Fold, State, decode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
 _POINT_PAUSE = 1.0  # seconds without point reads after one failed (see Store._point_read)
-# batches up to this many entries are written from the loop's thread, row by row
-_INLINE_MAX = batch_rows.PLAIN_MAX
+_INLINE_MAX = batch_rows.INLINE_MAX  # batches written from the loop's thread, row by row
 # Entries per fold transaction when a backlog allows (the state group's reads, replay pages).
 # A commit writes every page the batch dirtied, and with executions spread over the indexes
 # that is about one page per execution; the per-execution work (upsert, mirror) also shrinks
@@ -108,13 +107,14 @@ Loaded = tuple[int, list[tuple[str, bytes]], bool]
 
 
 def _load_since(db: sqlite3.Connection, ids: list[str], misses: list[str],
-                version: int | None) -> Loaded:
+                version: int | None, *, plain: bool = False) -> Loaded:
     """Inside the write transaction: the folds of `misses` when no other connection has
-    committed since `version` (the cache holds the rest), else the folds of all `ids`."""
+    committed since `version` (the cache holds the rest), else the folds of all `ids`.
+    `plain`: without the one-step form (from the event loop's thread)."""
     (now,) = db.execute("PRAGMA data_version").fetchone()
     if now != version:
-        return now, _load(db, ids), True
-    return now, _load(db, misses) if misses else [], False
+        return now, _load(db, ids, plain), True
+    return now, _load(db, misses, plain) if misses else [], False
 
 
 def _begin_and_load(db: sqlite3.Connection, ids: list[str], misses: list[str],
@@ -145,9 +145,11 @@ WHERE execution_id IN (SELECT value FROM json_each(?))
 _found = msgspec.json.Decoder(list[tuple[str, str]])
 
 
-def _load(db: sqlite3.Connection, ids: list[str]) -> list[tuple[str, bytes]]:
-    """The stored folds of these executions."""
-    if batch_rows.JSON_ROWS and len(ids) > batch_rows.PLAIN_MAX:
+def _load(
+    db: sqlite3.Connection, ids: list[str], plain: bool = False
+) -> list[tuple[str, bytes]]:
+    """The stored folds of these executions (`plain`: by IN lists only)."""
+    if batch_rows.JSON_ROWS and not plain and len(ids) > batch_rows.PLAIN_MAX:
         try:
             (found_json,) = db.execute(_LOAD_JSON, (_json.encode(ids).decode(),)).fetchone()
             return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
@@ -445,7 +447,7 @@ class Store:
         """A small batch: begin, load and write straight from the event loop's thread.
 
         At low and middling rates batches hold a few entries to a few hundred, whose SQLite
-        work (~0.2 ms to a few ms, row by row: `batch_rows.PLAIN_MAX`) costs less than the
+        work (~0.2 ms to a few ms, row by row: `batch_rows.INLINE_MAX`) costs less than the
         trips to the connection's thread (~0.5 ms each on a busy loop: the GIL hand-over)
         and the one-step statements those trips need, and latency is what matters there.
         The loop never waits for the write lock (None
@@ -461,7 +463,7 @@ class Store:
             if not _begin_now(db, self._busy_timeout_ms):
                 return None
             try:
-                loaded = _load_since(db, *self._misses(ids))
+                loaded = _load_since(db, *self._misses(ids), plain=True)
                 if logs is None:
                     logs = log_rows(entries)
                 touched, states, rows = _merged(entries, ids, self._folds(ids, loaded))

@@ -29,7 +29,7 @@ def _entries(n: int = 1) -> list[StreamEntry]:
 
 
 # small batches are written from the loop's thread, large ones on the connection's thread
-SIZES = pytest.mark.parametrize("size", [1, batch_rows.PLAIN_MAX + 1], ids=["inline", "threaded"])
+SIZES = pytest.mark.parametrize("size", [1, batch_rows.INLINE_MAX + 1], ids=["inline", "threaded"])
 
 
 @SIZES
@@ -129,7 +129,7 @@ async def test_batch_cancelled_twice_still_rolls_back(tmp_path: Path) -> None:
         gate = threading.Event()
         # hold SQLite's thread, so the batch's BEGIN and writes wait in its queue
         held = _queued(store.conn, lambda db: gate.wait(10))
-        task = asyncio.create_task(store.apply_batch(_entries(batch_rows.PLAIN_MAX + 1)))
+        task = asyncio.create_task(store.apply_batch(_entries(batch_rows.INLINE_MAX + 1)))
         await asyncio.sleep(0.05)  # it queued its steps and waits for the load
         task.cancel()  # its error path now waits for the queued BEGIN and load
         await asyncio.sleep(0.05)

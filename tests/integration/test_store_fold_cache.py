@@ -10,7 +10,7 @@ import pytest
 
 from tests.workload import workload
 from wks import store as store_module
-from wks.batch_rows import PLAIN_MAX
+from wks.batch_rows import INLINE_MAX
 from wks.events import StreamEntry, WorkflowEvent, WorkflowProgress, WorkflowStarted, encode
 from wks.state import State, fold_events, to_state
 from wks.store import Store
@@ -26,7 +26,7 @@ def _batch(*events: WorkflowEvent, pad: int = 0) -> list[StreamEntry]:
     return [StreamEntry(f"{next(_seq)}-0", e, encode(e)) for e in (*events, *filler)]
 
 
-SIZES = pytest.mark.parametrize("pad", [0, PLAIN_MAX], ids=["inline", "threaded"])
+SIZES = pytest.mark.parametrize("pad", [0, INLINE_MAX], ids=["inline", "threaded"])
 
 
 @SIZES

@@ -125,16 +125,17 @@ async def test_values_over_sqlite_length_limit_go_row_by_row(
     (SQLITE_LIMIT_LENGTH, lowered here to 256 KiB; no single value is that long) is written
     and loaded row by row: it commits, and stores what the one-step path stores."""
     big = "x" * 10_000  # rows stay under the limit (it bounds a row too); batches do not
-    events = [ev.WorkflowProgress(execution_id=f"big-{i % 25}", completed_steps=i,
+    n = batch_rows.INLINE_MAX + 1  # a batch the connection's thread writes
+    events = [ev.WorkflowProgress(execution_id=f"big-{i % 150}", completed_steps=i,
                                   data={f"k{i}": big}, ts=i, event_id=f"b{i}")
-              for i in range(100)]
-    batches = [[StreamEntry(f"{100 + i}-0", e, encode(e)) for i, e in enumerate(events[:50])],
-               [StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(events[50:])]]
+              for i in range(2 * n)]
+    batches = [[StreamEntry(f"{1000 + i}-0", e, encode(e)) for i, e in enumerate(events[:n])],
+               [StreamEntry(f"{2000 + i}-0", e, encode(e)) for i, e in enumerate(events[n:])]]
 
     monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     small = await _tables(tmp_path / "small.db", batches, 256 * 1024)
     assert small == await _tables(tmp_path / "default.db", batches)
-    assert len(small["event_log"]) == 100
+    assert len(small["event_log"]) == 2 * n
 
 
 async def test_small_batches_committed_on_the_loop_store_the_same(
@@ -165,7 +166,7 @@ async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_pat
     assert batch_rows.log_rows([far]).records is None  # row by row, where SQLite refuses it
     async with await Store.open(tmp_path / "far.db") as store:
         with pytest.raises(OverflowError):
-            await store.apply_batch([far] * (batch_rows.PLAIN_MAX + 1))  # the threaded path
+            await store.apply_batch([far] * (batch_rows.INLINE_MAX + 1))  # the threaded path
         assert await store.scalar("SELECT COUNT(*) FROM event_log") == 0
         near = StreamEntry(f"{2**63 - 1}-{2**63 - 1}", event, encode(event))
         await store.apply_batch([near])
@@ -180,16 +181,16 @@ async def test_strings_the_padding_would_change_go_row_by_row(
     in code (past the decoder's id check) may hold a space or an empty eventId: their batch
     goes row by row and stores them as given; a batch without them goes as records."""
     plain = [ev.WorkflowProgress(execution_id=f"x{i}", completed_steps=i, ts=i,
-                                 event_id=f"e{i}") for i in range(batch_rows.PLAIN_MAX + 6)]
+                                 event_id=f"e{i}") for i in range(batch_rows.INLINE_MAX + 6)]
     odd = [ev.WorkflowProgress(execution_id="x ", completed_steps=1, ts=1, event_id="e1 "),
            ev.WorkflowProgress(execution_id="y", completed_steps=1, ts=2, event_id="")]
     batches = [[StreamEntry(f"{1000 + i}-0", e, encode(e)) for i, e in enumerate(plain)]]
     batches += [[StreamEntry(f"{200 + i}-0", e, encode(e)) for i, e in enumerate(odd)]]
     assert batch_rows.log_rows(batches[0]).records is not None
-    enough = batches[0][:batch_rows.PLAIN_MAX]  # past PLAIN_MAX, records are considered
+    enough = batches[0][:batch_rows.INLINE_MAX]  # past INLINE_MAX, records are considered
     assert batch_rows.log_rows(batches[1][:1] + enough).records is None
     assert batch_rows.log_rows(batches[1][1:] + enough).records is None
-    assert batch_rows.log_rows(enough).records is None  # a few rows go row by row anyway
+    assert batch_rows.log_rows(enough).records is None  # these go row by row anyway
 
     monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
     as_records = await _tables(tmp_path / "records.db", batches)
