@@ -199,3 +199,27 @@ async def test_strings_the_padding_would_change_go_row_by_row(
     logged = {r[1]: (r[4], r[5], r[6]) for r in as_records["event_log"]}  # entry id: ids
     assert logged["200-0"] == ("e1 ", "e1 ", "x ")
     assert logged["201-0"] == ("", "201-0", "y")  # an empty eventId: the entry id is the key
+
+
+async def test_an_execution_id_holding_a_nul_finds_its_stored_fold(tmp_path: Path) -> None:
+    """An execution id built in code (past the decoder's id check) with a NUL character:
+    a threaded batch loads its stored fold whole, as json_each would cut the id there."""
+    nul = "run\x00one"
+
+    def batch(event: ev.WorkflowEvent, base: int) -> list[StreamEntry]:
+        filler = [ev.WorkflowStarted(execution_id=f"pad-{base}-{i}", workflow_id="wf",
+                                     total_steps=1, ts=1)
+                  for i in range(batch_rows.INLINE_MAX)]  # a batch the thread writes
+        return [StreamEntry(f"{base + i}-0", e, encode(e))
+                for i, e in enumerate([event, *filler])]
+
+    path = tmp_path / "nul.db"
+    async with await Store.open(path) as first, await Store.open(path) as second:
+        await first.apply_batch(batch(ev.WorkflowStarted(
+            execution_id=nul, workflow_id="wf-nul", total_steps=4, ts=1), 1000))
+        # another connection: nothing cached, the stored fold is loaded
+        await second.apply_batch(batch(ev.WorkflowProgress(
+            execution_id=nul, completed_steps=2, ts=2), 2000))
+        state = await second.get_state(nul)
+    assert state is not None
+    assert (state.workflow_id, state.total_steps, state.completed_steps) == ("wf-nul", 4, 2)
