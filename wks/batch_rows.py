@@ -6,8 +6,10 @@ decoding) the writer thread waited for the GIL ~70% of its write time. So a batc
 one step: the upsert's rows as one JSON array parameter (`json_each`), its fold blobs as one
 BLOB cut with `substr`; the event_log rows as records in one BLOB, also cut with `substr`.
 Older SQLite (no `->>`), a value longer than SQLite takes, a NUL character in an upsert
-string, or a number records cannot carry: `executemany`, row by row. So does a batch of up to
-INLINE_MAX entries, written from the event loop's thread, where no other thread waits.
+string, a space in an id or an empty eventId (built in code, past the decoder's check), or a
+number records cannot carry: `executemany`, row by row; so does an upsert of up to PLAIN_MAX
+executions. So does a batch of up to INLINE_MAX entries, written from the event loop's
+thread, where no other thread waits.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ _LOG = _LOG_ROWS.format(rows="VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 # the one-step forms need the ->> operator (SQLite 3.38); older SQLite keeps executemany
 JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
-# up to this many rows, executemany on any thread: building the one-step parameters costs
-# more than the steps they save when there are only a few
+# up to this many executions, on any thread, the upsert goes by executemany and the load
+# by IN lists: building the one-step parameters costs more than they save for a few
 PLAIN_MAX = 4
 # Batches up to this many entries are written from the event loop's thread (`wks.store`),
 # row by row whatever their number of executions: there a step costs no hand-over, and the
@@ -60,8 +62,9 @@ PLAIN_MAX = 4
 # the records built; batches of 22-200 rows measured), and a batch this size holds the loop
 # a few ms at most. At 10,000 events/s (batches of tens) the consumer's CPU went from 86-88
 # to 74-78 us an event and its p99 from 49-82 to 26-48 ms, against 64 entries before. Such a
-# batch goes to the connection's thread only while another process holds the write lock:
-# row by row there too, rarely.
+# batch goes to the connection's thread only while another process holds the write lock;
+# there, rarely, its event_log rows go row by row (no records were built for it), and its
+# upsert and load take the one-step forms past PLAIN_MAX executions.
 INLINE_MAX = 300
 
 

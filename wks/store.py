@@ -149,16 +149,16 @@ def _load(
     db: sqlite3.Connection, ids: list[str], plain: bool = False
 ) -> list[tuple[str, bytes]]:
     """The stored folds of these executions (`plain`: by IN lists only)."""
-    if batch_rows.JSON_ROWS and not plain and len(ids) > batch_rows.PLAIN_MAX:
-        param = _json.encode(ids)
-        # json_each would cut an id at a NUL character (built in code, past the decoder's
-        # check) and miss its fold: such a batch is loaded by IN lists
-        if b"\\u0000" not in param:
-            try:
-                (found_json,) = db.execute(_LOAD_JSON, (param.decode(),)).fetchone()
-                return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
-            except sqlite3.DataError:  # the folds, in hex, longer than SQLite's string limit
-                pass
+    # json_each would cut an id at a NUL character (built in code, past the decoder's check)
+    # and miss its fold: such a batch is loaded by IN lists
+    if (batch_rows.JSON_ROWS and not plain and len(ids) > batch_rows.PLAIN_MAX
+            and "\x00" not in "".join(ids)):
+        try:
+            param = _json.encode(ids).decode()
+            (found_json,) = db.execute(_LOAD_JSON, (param,)).fetchone()
+            return [(eid, bytes.fromhex(blob)) for eid, blob in _found.decode(found_json)]
+        except sqlite3.DataError:  # the folds, in hex, longer than SQLite's string limit
+            pass
     found: list[tuple[str, bytes]] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]

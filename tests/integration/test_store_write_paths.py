@@ -12,6 +12,7 @@ import pytest
 from tests.workload import workload
 from wks import batch_rows
 from wks import events as ev
+from wks import store as store_module
 from wks.events import StreamEntry, encode
 from wks.store import Store
 
@@ -133,6 +134,8 @@ async def test_values_over_sqlite_length_limit_go_row_by_row(
                [StreamEntry(f"{2000 + i}-0", e, encode(e)) for i, e in enumerate(events[n:])]]
 
     monkeypatch.setattr(batch_rows, "now_ms", lambda: 1_763_900_000_000)
+    # no fold kept between batches: the second batch loads all 150 stored folds, ~6 MiB in hex
+    monkeypatch.setattr(store_module, "FOLD_CACHE_BYTES", 0)
     small = await _tables(tmp_path / "small.db", batches, 256 * 1024)
     assert small == await _tables(tmp_path / "default.db", batches)
     assert len(small["event_log"]) == 2 * n
