@@ -368,6 +368,8 @@ class GroupReader:
     def _decode_slice(self, part: list[RawEntry], out: Decoded) -> None:
         """`_decode` of one slice (`wks.events.decode_slice`: the handler's `decode_many`
         for all of its payloads at once, or its `decode` one by one), in stream order."""
+        if self._decode_plain(part, out):
+            return
         rows: list[tuple[RawEntry, bytes | Refused]] = []  # an entry's payload, or why not
         for raw in part:
             if raw.fields is None:
@@ -393,6 +395,29 @@ class GroupReader:
                 out.dead.append((raw, item.reason))
             else:
                 out.good.append(StreamEntry(raw.entry_id, item, payload))
+
+    def _decode_plain(self, part: list[RawEntry], out: Decoded) -> bool:
+        """The usual slice, in a few passes: every entry has its `event` field, is within
+        maxDeliveries and decodes through the handler's `decode_many`. False, with `out`
+        untouched, for any other: `_decode_slice` then judges entry by entry."""
+        decode_many = getattr(self.handler, "decode_many", None)
+        if decode_many is None or not part:
+            return False
+        try:
+            payloads = [raw.fields[EVENT_FIELD] for raw in part]  # type: ignore[index]
+        except (KeyError, TypeError):  # no `event` field; deleted while pending (None)
+            return False
+        if max(raw.deliveries for raw in part) > self.max_deliveries:
+            return False
+        try:
+            items = decode_many(payloads)
+        except Exception:
+            return False  # `_decode_slice` calls it again, and reports the bug
+        if items is None or len(items) != len(part):
+            return False
+        out.good += [StreamEntry(raw.entry_id, item, payload)
+                     for raw, item, payload in zip(part, items, payloads, strict=True)]
+        return True
 
     def _undecodable(self, raw: RawEntry, fields: dict[bytes, bytes]) -> str | None:
         """Why an entry (with these fields) is dead before its payload is looked at, if it

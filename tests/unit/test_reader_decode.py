@@ -68,3 +68,52 @@ def test_events_and_dead_letters_come_out_in_stream_order(handler: Any, bad: boo
     assert "maxDeliveries 5" in reasons["5-0"]
     if bad:
         assert reasons["3-0"].startswith("not JSON")
+
+
+def _reader(handler: Any) -> GroupReader:
+    return GroupReader(aioredis.Redis(), Keys("t"), name="workflow", stream="s", group="g",
+                       handler=handler, max_deliveries=5)
+
+
+def _good_batch() -> list[RawEntry]:
+    payloads = [
+        b'{"type":"workflow.started","executionId":"a","workflowId":"w","totalSteps":2,'
+        b'"ts":1,"data":{"k":"\\u00e9"},"owner":"o","eventId":"e1"}',
+        b'{"type":"workflow.progress","executionId":"a","completedSteps":1,"ts":2,'
+        b'"currentStep":"s1","unknown":[1,2]}',
+        b'{"type":"workflow.failed","executionId":"b","error":"boom","ts":3}',
+        b'{"type":"workflow.cancelled","executionId":"c","ts":4,"reason":"r"}',
+    ]
+    batch = [RawEntry(f"{i + 1}-0", {b"event": p}) for i, p in enumerate(payloads)]
+    batch[1].deliveries = 5  # at maxDeliveries: still applied
+    return batch
+
+
+def test_an_all_good_slice_decodes_as_entry_by_entry_does() -> None:
+    """The usual slice (every entry has its event, within maxDeliveries, and decodes) takes
+    the reader's few-pass path: the same entries, events and payloads, in order."""
+    by_slice = asyncio.run(_reader(BySlice())._decode(_good_batch()))
+    one_by_one = asyncio.run(_reader(OneByOne())._decode(_good_batch()))
+    assert by_slice.dead == one_by_one.dead == []
+    assert by_slice.good == one_by_one.good
+    assert [e.entry_id for e in by_slice.good] == ["1-0", "2-0", "3-0", "4-0"]
+
+
+class Raising(OneByOne):
+    def decode_many(self, raws: list[bytes]) -> list[Any] | None:
+        raise RuntimeError("a decoder bug")
+
+
+def test_a_decode_many_that_raises_is_reported_once_and_loses_nothing() -> None:
+    """A `decode_many` bug is logged once for the slice, and its entries are decoded one by
+    one instead."""
+    errors: list[Any] = []
+    sink = logger.add(errors.append, level="ERROR")
+    try:
+        out = asyncio.run(_reader(Raising())._decode(_good_batch()))
+    finally:
+        logger.remove(sink)
+    assert len(errors) == 1
+    assert "RuntimeError" in str(errors[0])
+    assert [e.entry_id for e in out.good] == ["1-0", "2-0", "3-0", "4-0"]
+    assert out.dead == []
