@@ -69,7 +69,8 @@ def _merged(
     starts empty): the touched folds, their new states and rows, in `ids` order. Folding
     onto the stored fold is the join `combine` computes, without a batch fold per execution
     to join first (~5 us an execution, 8,000 of them in a full batch)."""
-    fold_events(((e.event, e.key) for e in entries), folds)
+    # `StreamEntry.key` spelled out: a workflow event always has the attribute
+    fold_events([(e.event, e.event.event_id or e.entry_id) for e in entries], folds)
     touched = [folds[eid] for eid in ids]
     states = [to_state(f) for f in touched]
     return touched, states, [state_row(s, f) for s, f in zip(states, touched, strict=True)]
