@@ -134,35 +134,45 @@ def _payload(raw: bytes) -> bytes:
 _TYPES: dict[type, bytes] = {}  # event class -> its type tag, as the records carry it
 _PAYLOAD_MAX = 9_999_999  # what 7 digits hold (entries are far smaller: maxEventBytes)
 
-# a row before padding: its record's head, then entry_id, key, execution_id and type
-_Fields = tuple[bytes, bytes, bytes, bytes, bytes]
-
 
 class _Unfit(Exception):
     """A row that records cannot carry: the batch goes row by row."""
 
 
-def _fields(entry: Entry, payload: bytes) -> _Fields:
-    """One event_log row's parts of a record (see _LOG_RECORDS). The entry id's digits are
-    copied, not parsed and formatted again: the event loop builds 20,000 of these a batch."""
-    ev = entry.event
-    entry_id = entry.entry_id.encode()
-    ms, _, seq = entry_id.partition(b"-")
-    if len(ms) > 18 or len(seq) > 18:  # maybe above 2^63-1, which SQLite's CAST would clamp
-        raise _Unfit(entry.entry_id)
-    if len(payload) > _PAYLOAD_MAX:
-        raise _Unfit(entry.entry_id)
-    kind = _TYPES.get(type(ev))
-    if kind is None:
-        kind = _TYPES[type(ev)] = event_type(ev).encode()
-    if ev.event_id is None:
-        key, flag = entry_id, b"0"
-    elif ev.event_id:
-        key, flag = ev.event_id.encode(), b"1"
-    else:  # an empty eventId (it bypassed validation) is no key: stored as given, row by row
-        raise _Unfit(entry.entry_id)
-    head = b"%s%s%020d%07d%s" % (ms.zfill(20), (seq or b"0").zfill(20), ev.ts, len(payload), flag)
-    return head, entry_id, key, ev.execution_id.encode(), kind
+def _kind(event: Any) -> bytes:
+    """The type tag of an event class not seen yet (`_TYPES` holds those seen)."""
+    kind = _TYPES[type(event)] = event_type(event).encode()
+    return kind
+
+
+@dataclass(slots=True)
+class _Columns:
+    """A slice of event_log rows as columns: what its records are made of."""
+
+    events: list[Any]
+    payloads: list[bytes]
+    parts: list[tuple[bytes, bytes, bytes]]  # each entry id split at its "-"
+    strings: tuple[list[bytes], ...]  # entry_id, key, execution_id, type: padded in records
+
+
+def _columns(part: Sequence[Entry], payloads: list[bytes]) -> _Columns:
+    """A slice's columns (see _LOG_RECORDS), each built in one pass: the event loop builds
+    20,000 rows a batch, and a function call per row cost more. The entry id's digits are
+    copied, not parsed and formatted again."""
+    ids = [e.entry_id.encode() for e in part]
+    events = [e.event for e in part]
+    keys = [i if ev.event_id is None else ev.event_id.encode()
+            for i, ev in zip(ids, events, strict=True)]
+    if b"" in keys:  # an empty eventId (it bypassed validation) is no key: row by row
+        raise _Unfit("an empty eventId")
+    parts = [i.partition(b"-") for i in ids]
+    if max(map(len, ids)) > 18 and max(max(len(ms), len(seq)) for ms, _, seq in parts) > 18:
+        raise _Unfit("19 digits")  # maybe above 2^63-1, which SQLite's CAST would clamp
+    if max(map(len, payloads)) > _PAYLOAD_MAX:
+        raise _Unfit("a payload longer than 7 digits say")
+    executions = [ev.execution_id.encode() for ev in events]
+    kinds = [_TYPES.get(type(ev)) or _kind(ev) for ev in events]
+    return _Columns(events, payloads, parts, (ids, keys, executions, kinds))
 
 
 @dataclass(slots=True)
@@ -194,29 +204,34 @@ def _spans(blobs: list[bytes]) -> Iterator[tuple[int, int]]:
 
 
 class _Cut:
-    """Records being built: the rows' parts, then the batch's widths, then the padded rows."""
+    """Records being built: the slices' columns, then the batch's widths, then the records."""
 
     def __init__(self) -> None:
-        self.parts: list[_Fields] = []
+        self.slices: list[_Columns] = []
         self.widths = [0, 0, 0, 0]  # the widest entry_id, key, execution_id, type
         self.records: list[bytes] = []
 
     def add(self, part: Sequence[Entry], payloads: list[bytes]) -> None:
-        more = [_fields(e, p) for e, p in zip(part, payloads, strict=True)]
-        if more:
-            _, *strings = zip(*more, strict=True)
-            for i, column in enumerate(strings):
-                if b" " in b"".join(column):  # valid ids have none; the padding is spaces
-                    raise _Unfit("a space")
-                self.widths[i] = max(self.widths[i], *map(len, column))
-        self.parts += more
+        if not part:
+            return
+        columns = _columns(part, payloads)
+        for i, column in enumerate(columns.strings):
+            if b" " in b"".join(column):  # valid ids have none; the padding is spaces
+                raise _Unfit("a space")
+            self.widths[i] = max(self.widths[i], *map(len, column))
+        self.slices.append(columns)
 
-    def pad(self, start: int, stop: int) -> None:
-        w0, w1, w2, w3 = self.widths
+    def pad(self, index: int) -> None:
+        """The records of the `index`-th slice added, each one format: its head (entry ms
+        and seq, ts, the payload's length, "1" if it has an eventId), then its four strings
+        padded to the batch's widths."""
+        c = self.slices[index]
+        form = b"%%s%%s%%020d%%07d%%s%%-%ds%%-%ds%%-%ds%%-%ds" % tuple(self.widths)
         self.records += [
-            b"".join((head, a.ljust(w0, _PAD), b.ljust(w1, _PAD), c.ljust(w2, _PAD),
-                      d.ljust(w3, _PAD)))
-            for head, a, b, c, d in self.parts[start:stop]]
+            form % (ms.zfill(20), (seq or b"0").zfill(20), ev.ts, len(payload),
+                    b"0" if ev.event_id is None else b"1", entry_id, key, execution, kind)
+            for (ms, _, seq), ev, payload, entry_id, key, execution, kind
+            in zip(c.parts, c.events, c.payloads, *c.strings, strict=True)]
 
     def layout(self) -> tuple[int, ...]:
         starts = list(itertools.accumulate(self.widths, initial=_HEAD))
@@ -228,7 +243,8 @@ def log_rows(entries: Sequence[Entry]) -> LogRows:
     payloads: list[bytes] = []
     cut = _add(entries, payloads, _Cut() if _cuttable(entries) else None)
     if cut is not None:
-        cut.pad(0, len(entries))
+        for index in range(len(cut.slices)):
+            cut.pad(index)
     return _log_rows(entries, payloads, cut)
 
 
@@ -245,8 +261,8 @@ async def log_rows_sliced(entries: Sequence[Entry]) -> LogRows:
         cut = _add(entries[start:start + DECODE_SLICE], payloads, cut)
         await asyncio.sleep(0)
     if cut is not None:
-        for start in range(0, len(entries), DECODE_SLICE):
-            cut.pad(start, start + DECODE_SLICE)
+        for index in range(len(cut.slices)):
+            cut.pad(index)
             await asyncio.sleep(0)
     return _log_rows(entries, payloads, cut)
 
@@ -268,7 +284,7 @@ def _cuttable(entries: Sequence[Entry]) -> bool:
     """Can records carry these rows, and is it worth it? A batch of up to INLINE_MAX entries
     (written from the event loop's thread, where a step costs no GIL hand-over) goes row by
     row, which also skips building records on the loop. 20 digits hold any valid ts;
-    one that bypassed validation goes row by row, and fails there. (`_fields` also leaves
+    one that bypassed validation goes row by row, and fails there. (`_columns` also leaves
     entry ids of 19 digits or more to the row-by-row path, which stores those up to 2^63-1
     and refuses the rest: SQLite's CAST would clamp them.)"""
     return (JSON_ROWS and len(entries) > INLINE_MAX
