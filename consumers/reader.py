@@ -368,7 +368,8 @@ class GroupReader:
     def _decode_slice(self, part: list[RawEntry], out: Decoded) -> None:
         """`_decode` of one slice (`wks.events.decode_slice`: the handler's `decode_many`
         for all of its payloads at once, or its `decode` one by one), in stream order."""
-        if self._decode_plain(part, out):
+        plain = self._decode_plain(part, out)
+        if plain:
             return
         rows: list[tuple[RawEntry, bytes | Refused]] = []  # an entry's payload, or why not
         for raw in part:
@@ -378,14 +379,14 @@ class GroupReader:
             rows.append((raw, raw.fields[EVENT_FIELD] if reason is None else Refused(reason)))
         payloads = [p for _, p in rows if not isinstance(p, Refused)]
 
-        def bug(index: int | None, exc: Exception) -> None:  # a decoder bug (SPEC 5)
+        def bug(index: int | None, exc: Exception) -> None:
             decoded = [raw for raw, p in rows if not isinstance(p, Refused)]
-            what = "a slice" if index is None else f"entry {decoded[index].entry_id}"
-            self._log.opt(exception=exc).error("decoding {} raised {}", what,
-                                               type(exc).__name__)
+            self._decoder_bug("a slice" if index is None else f"entry {decoded[index].entry_id}",
+                              exc)
 
-        items = iter(decode_slice(payloads, self.handler.decode,
-                                  getattr(self.handler, "decode_many", None), bug))
+        # `decode_many` declined these very payloads already (plain is None): not again
+        decode_many = None if plain is None else getattr(self.handler, "decode_many", None)
+        items = iter(decode_slice(payloads, self.handler.decode, decode_many, bug))
         for raw, payload in rows:
             if isinstance(payload, Refused):
                 out.dead.append((raw, payload.reason))
@@ -396,10 +397,11 @@ class GroupReader:
             else:
                 out.good.append(StreamEntry(raw.entry_id, item, payload))
 
-    def _decode_plain(self, part: list[RawEntry], out: Decoded) -> bool:
+    def _decode_plain(self, part: list[RawEntry], out: Decoded) -> bool | None:
         """The usual slice, in a few passes: every entry has its `event` field, is within
-        maxDeliveries and decodes through the handler's `decode_many`. False, with `out`
-        untouched, for any other: `_decode_slice` then judges entry by entry."""
+        maxDeliveries and decodes through the handler's `decode_many`. With `out` untouched,
+        `_decode_slice` then judges entry by entry: False for any other slice, None when
+        `decode_many` declined or raised (reported here, once)."""
         decode_many = getattr(self.handler, "decode_many", None)
         if decode_many is None or not part:
             return False
@@ -410,14 +412,20 @@ class GroupReader:
         if max(raw.deliveries for raw in part) > self.max_deliveries:
             return False
         try:
-            items = decode_many(payloads)
-        except Exception:
-            return False  # `_decode_slice` calls it again, and reports the bug
+            items = decode_many(list(payloads))
+        except Exception as exc:
+            self._decoder_bug("a slice", exc)
+            return None
         if items is None or len(items) != len(part):
-            return False
+            return None
         out.good += [StreamEntry(raw.entry_id, item, payload)
                      for raw, item, payload in zip(part, items, payloads, strict=True)]
         return True
+
+    def _decoder_bug(self, what: str, exc: Exception) -> None:
+        """A decoder raised what is not a BadEventError: a bug (SPEC 5), logged; the entries
+        are judged one by one instead."""
+        self._log.opt(exception=exc).error("decoding {} raised {}", what, type(exc).__name__)
 
     def _undecodable(self, raw: RawEntry, fields: dict[bytes, bytes]) -> str | None:
         """Why an entry (with these fields) is dead before its payload is looked at, if it

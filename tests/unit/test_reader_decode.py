@@ -117,3 +117,21 @@ def test_a_decode_many_that_raises_is_reported_once_and_loses_nothing() -> None:
     assert "RuntimeError" in str(errors[0])
     assert [e.entry_id for e in out.good] == ["1-0", "2-0", "3-0", "4-0"]
     assert out.dead == []
+
+
+class Declining(OneByOne):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decode_many(self, raws: list[bytes]) -> list[Any] | None:
+        self.calls += 1
+        return None
+
+
+def test_a_slice_decode_many_declines_is_not_offered_to_it_again() -> None:
+    """A slice `decode_many` declined (a bad payload in it, say) goes entry by entry
+    without a second slice decode."""
+    handler = Declining()
+    out = asyncio.run(_reader(handler)._decode(_good_batch()))
+    assert handler.calls == 1
+    assert [e.entry_id for e in out.good] == ["1-0", "2-0", "3-0", "4-0"]
