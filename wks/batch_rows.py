@@ -89,7 +89,6 @@ _UPSERT_JSON = _UPSERT_ROWS.format(
 # Parameters: ?1 the payloads' starts (JSON), ?2 the records, ?3 a record's width, ?4-?7 where
 # its four strings start, ?8 the payloads, ?9 applied_at.
 _HEAD = 68
-_PAD = b" "
 _AT = "(key * ?3 + 1)"  # where the row's record starts in ?2, counted from 1 as substr does
 
 

@@ -114,8 +114,8 @@ def _load_since(db: sqlite3.Connection, ids: list[str], misses: list[str],
     `plain`: without the one-step form (from the event loop's thread)."""
     (now,) = db.execute("PRAGMA data_version").fetchone()
     if now != version:
-        return now, _load(db, ids, plain), True
-    return now, _load(db, misses, plain) if misses else [], False
+        return now, _load(db, ids, plain=plain), True
+    return now, _load(db, misses, plain=plain) if misses else [], False
 
 
 def _begin_and_load(db: sqlite3.Connection, ids: list[str], misses: list[str],
@@ -147,7 +147,7 @@ _found = msgspec.json.Decoder(list[tuple[str, str]])
 
 
 def _load(
-    db: sqlite3.Connection, ids: list[str], plain: bool = False
+    db: sqlite3.Connection, ids: list[str], *, plain: bool = False
 ) -> list[tuple[str, bytes]]:
     """The stored folds of these executions (`plain`: by IN lists only)."""
     # json_each would cut an id at a NUL character (built in code, past the decoder's check)
@@ -455,12 +455,11 @@ class Store:
         work (~0.2 ms to a few ms, row by row: `batch_rows.INLINE_MAX`) costs less than the
         trips to the connection's thread (~0.5 ms each on a busy loop: the GIL hand-over)
         and the one-step statements those trips need, and latency is what matters there.
-        The loop never waits for the write lock (None
-        when another process holds it: the caller takes the threaded path, which waits up
-        to the busy timeout); it waits for the disk only with `commit_small_on_loop`
-        (otherwise COMMIT, the fsync, runs on the connection's thread). Nothing else is
-        queued on this connection meanwhile: the consumer that owns it applies one batch at
-        a time.
+        The loop never waits for the write lock (None when another process holds it: the
+        caller takes the threaded path, which waits up to the busy timeout); it waits for
+        the disk only with `commit_small_on_loop` (otherwise COMMIT, the fsync, runs on the
+        connection's thread). Nothing else is queued on this connection meanwhile: the
+        consumer that owns it applies one batch at a time.
         """
         conn = self._conn
         try:
