@@ -33,6 +33,11 @@ class BySlice(OneByOne):
         return ev.decode_workflows(raws)
 
 
+def _reader(handler: Any) -> GroupReader:
+    return GroupReader(aioredis.Redis(), Keys("t"), name="workflow", stream="s", group="g",
+                       handler=handler, max_deliveries=5)
+
+
 def _batch() -> list[RawEntry]:
     good = b'{"type":"workflow.completed","executionId":"%d","ts":1}'
     fields = [
@@ -50,8 +55,7 @@ def test_events_and_dead_letters_come_out_in_stream_order(handler: Any, bad: boo
     """Good entries and dead letters keep the stream's order whichever path decodes them
     (a slice declined for one bad payload goes entry by entry), and a handler without
     `decode_many` is decoded entry by entry without complaint."""
-    reader = GroupReader(aioredis.Redis(), Keys("t"), name="workflow", stream="s", group="g",
-                         handler=handler, max_deliveries=5)
+    reader = _reader(handler)
     batch = _batch() if bad else [r for r in _batch() if r.entry_id != "3-0"]
     errors: list[Any] = []
     sink = logger.add(errors.append, level="ERROR")
@@ -68,11 +72,6 @@ def test_events_and_dead_letters_come_out_in_stream_order(handler: Any, bad: boo
     assert "maxDeliveries 5" in reasons["5-0"]
     if bad:
         assert reasons["3-0"].startswith("not JSON")
-
-
-def _reader(handler: Any) -> GroupReader:
-    return GroupReader(aioredis.Redis(), Keys("t"), name="workflow", stream="s", group="g",
-                       handler=handler, max_deliveries=5)
 
 
 def _good_batch() -> list[RawEntry]:
