@@ -1,7 +1,8 @@
 """Reading a stream back in pages and folding it into a store (replay, restore catch-up).
 
 Memory stays flat: two pages (default 20,000 entries each) are in memory at a time, the one
-being folded and the next one, read and decoded meanwhile.
+being folded and the next one, read, decoded and made into event_log rows meanwhile (as the
+state group prepares its next batch: `wks.batch_rows.log_rows_sliced`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from loguru import logger
 
+from wks.batch_rows import LogRows, log_rows_sliced
 from wks.errors import StoreError
 from wks.events import (
     DECODE_SLICE,
@@ -104,11 +106,26 @@ def decode_page(page: Page) -> tuple[list[StreamEntry], list[tuple[str, str]]]:
     return good, bad
 
 
-async def _apply(store: Store, good: list[StreamEntry]) -> list[tuple[str, str]]:
-    """Apply a page's valid entries; an entry whose apply fails alone (not the store: a
-    poison entry, as a consumer dead-letters it) is skipped, and returned with its reason."""
+async def _log_rows(good: list[StreamEntry]) -> LogRows | None:
+    """The page's event_log rows, built ahead; None (apply builds them) if that fails."""
+    if not good:
+        return None
     try:
-        await store.apply_batch(good)
+        return await log_rows_sliced(good)
+    except Exception as exc:
+        logger.opt(exception=exc).warning("building a page's event_log rows failed ({}); "
+                                          "they are built as it is applied", exc)
+        return None
+
+
+async def _apply(
+    store: Store, good: list[StreamEntry], logs: LogRows | None = None
+) -> list[tuple[str, str]]:
+    """Apply a page's valid entries (`logs`: their rows, built ahead); an entry whose apply
+    fails alone (not the store: a poison entry, as a consumer dead-letters it) is skipped,
+    and returned with its reason."""
+    try:
+        await store.apply_batch(good, logs=logs)
         return []
     except StoreError:
         raise
@@ -146,7 +163,8 @@ async def fold_range(
     stats = FoldStats()
     pages = iter_pages(redis, stream, start, end, page)
 
-    async def next_page() -> tuple[Page, list[StreamEntry], list[tuple[str, str]]] | None:
+    async def next_page() -> tuple[
+            Page, list[StreamEntry], list[tuple[str, str]], LogRows | None] | None:
         rows = await anext(pages, None)
         if rows is None:
             return None
@@ -157,15 +175,15 @@ async def fold_range(
             g, b = decode_page(rows[at:at + DECODE_SLICE])
             good += g
             bad += b
-        return rows, good, bad
+        return rows, good, bad, await _log_rows(good)
 
-    # the next page, read and decoded while one folds
+    # the next page, read, decoded and made into rows while one folds
     ahead = asyncio.ensure_future(next_page())
     try:
         while (read := await ahead) is not None:
             ahead = asyncio.ensure_future(next_page())
-            rows, good, bad = read
-            failed = await _apply(store, good)
+            rows, good, bad, logs = read
+            failed = await _apply(store, good, logs)
             stats.entries += len(rows)
             stats.applied += len(good) - len(failed)
             stats.bad += len(bad) + len(failed)

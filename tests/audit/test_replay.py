@@ -206,6 +206,74 @@ async def test_an_entry_whose_apply_fails_is_skipped_not_fatal(
     assert {row[0] for row in rows} == {e.execution_id for e in events} - {"exec-00005"}
 
 
+_LOGGED = ("SELECT entry_id, entry_ms, entry_seq, event_id, event_key, execution_id, type, ts,"
+           " payload FROM event_log ORDER BY entry_ms, entry_seq")
+
+
+async def test_pages_built_ahead_log_every_entry_as_the_consumer_does(
+    r: aioredis.Redis, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page's event_log rows are built while the page before it folds, and handed to
+    the apply: pages past INLINE_MAX (their rows as records, on SQLite's thread) and the
+    last, smaller one (row by row) log exactly what the consumer logged."""
+    from wks import batch_rows
+    from wks.replay import fold_range
+    from wks.store import Store
+
+    page = batch_rows.INLINE_MAX + 50
+    total = len(workload(2 * page + 60, 30, random.Random(7)))  # what publish_workload sends
+    assert 2 * page < total < 3 * page
+    await publish_workload(r, settings, n=2 * page + 60)
+    await add(r, settings, {"type": "nope"})  # a bad entry: skipped, the page still built
+    await fold(settings, r)
+    handed: list[tuple[int, bool]] = []
+    real = Store.apply_batch
+
+    async def spy(self, entries, before_commit=None, logs=None):  # type: ignore[no-untyped-def]
+        handed.append((len(entries), logs is not None and logs.entries is entries))
+        return await real(self, entries, before_commit, logs)
+
+    monkeypatch.setattr(Store, "apply_batch", spy)
+    async with await Store.open(tmp_path / "replayed.db") as store:
+        stats = await fold_range(r, settings.keys.workflow_stream, store, page=page)
+    assert (stats.applied, stats.bad) == (total, 1)
+    # the last page holds the bad entry too: it is not applied
+    assert [n for n, _ in handed] == [page, page, total - 2 * page]
+    assert all(ok for _, ok in handed)
+    with sqlite3.connect(settings.db_path) as a, sqlite3.connect(tmp_path / "replayed.db") as b:
+        assert b.execute(_LOGGED).fetchall() == a.execute(_LOGGED).fetchall()
+        assert len(a.execute(_LOGGED).fetchall()) == total
+
+
+async def test_rows_not_built_ahead_are_built_as_the_page_is_applied(
+    r: aioredis.Redis, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a page's rows ahead failing (a bug) costs only the head start: the page is
+    applied whole, its rows built by the apply, and the failure logged."""
+    from loguru import logger
+
+    from wks import replay
+    from wks.store import Store
+
+    async def broken(entries):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no rows today")
+
+    monkeypatch.setattr(replay, "log_rows_sliced", broken)
+    total = len(workload(400, 30, random.Random(7)))
+    assert 350 < total <= 700
+    await publish_workload(r, settings, n=400)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        async with await Store.open(tmp_path / "replayed.db") as store:
+            stats = await replay.fold_range(r, settings.keys.workflow_stream, store, page=350)
+            logged = await store.scalar("SELECT COUNT(*) FROM event_log")
+    finally:
+        logger.remove(sink)
+    assert (stats.applied, stats.bad, logged) == (total, 0, total)
+    assert sum("no rows today" in w for w in warnings) == 2  # once per page
+
+
 async def test_bounds_the_wrong_way_round_are_an_error(wks: Cli) -> None:
     """--from after --to is a mistake to say, not an empty replay that exits 0."""
     code, _, err = await wks("replay", "--from", "2026-11-22T15:00Z", "--to", "2026-11-22T14:00Z")
