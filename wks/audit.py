@@ -1,13 +1,13 @@
 """Audit helpers: replay a stream into a scratch store; tell which events changed a state.
 
 Replay reads the stream a page at a time and folds it with the same pure merge
-(`Store.apply_batch`) into a scratch SQLite file, so memory stays flat however long the
-stream is. Comparing the result with the live rows is wks/verify.py.
+(`Store.apply_batch`, through `wks.replay.fold_range`) into a scratch SQLite file, so memory
+stays flat however long the stream is. Comparing the result with the live rows is
+wks/verify.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -23,9 +23,9 @@ import redis.asyncio as aioredis
 
 from wks.errors import BadEventError
 from wks.events import decode_workflow, split_entry_id
-from wks.replay import decode_page, iter_pages
+from wks.replay import FoldStats, fold_range
 from wks.state import Fold, merge, state_dict, to_state
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 
 EntryId = tuple[int, int]
 MAX_ID: EntryId = (2**64 - 1, 2**64 - 1)
@@ -116,7 +116,7 @@ def parse_id(text: str) -> EntryId:
 class ReplayStats:
     entries: int = 0  # stream entries read
     applied: int = 0  # valid workflow events folded (after the --execution filter)
-    bad: int = 0  # entries that do not decode (the consumers dead-lettered them)
+    bad: int = 0  # entries that do not decode or fail alone (the consumers dead-letter them)
     first_id: str | None = None
     last_id: str | None = None
     seconds: float = 0.0
@@ -157,38 +157,27 @@ async def replay_into(
     end: str = "+",
     *,
     execution: str | None = None,
-    page: int = 2000,
+    page: int = FOLD_BATCH,
     on_page: Callable[[int], None] | None = None,
 ) -> ReplayStats:
-    """Fold the valid workflow entries of `stream` in [start, end] into `store`."""
-    stats = ReplayStats()
+    """Fold the valid workflow entries of `stream` in [start, end] into `store`
+    (`wks.replay.fold_range`: the next page is read, decoded and made into rows while one
+    folds); `on_page` gets each page's number of entries."""
     started = time.perf_counter()
-    pages = iter_pages(redis, stream, start, end, page)
-    # read the next page while this one folds: Redis, decoding and SQLite's thread overlap
-    ahead: asyncio.Task[Any] = asyncio.create_task(next_or_none(pages))
-    try:
-        while (rows := await ahead) is not None:
-            ahead = asyncio.create_task(next_or_none(pages))
-            good, bad = decode_page(rows)
-            if execution is not None:
-                good = [e for e in good if e.event.execution_id == execution]
-            if good:
-                await store.apply_batch(good)
-            stats.entries += len(rows)
-            stats.applied += len(good)
-            stats.bad += len(bad)
-            stats.first_id = stats.first_id or rows[0][0]
-            stats.last_id = rows[-1][0]
-            if on_page is not None:
-                on_page(len(rows))
-    finally:
-        if not ahead.done():
-            ahead.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ahead
-        await pages.aclose()  # type: ignore[attr-defined]
-    stats.seconds = time.perf_counter() - started
-    return stats
+    seen = 0
+
+    def paged(folded: FoldStats) -> None:
+        nonlocal seen
+        if on_page is not None:
+            on_page(folded.entries - seen)
+        seen = folded.entries
+
+    folded = await fold_range(redis, stream, store, start, end, page=page,
+                              execution=execution, on_page=paged)
+    return ReplayStats(
+        entries=folded.entries, applied=folded.applied, bad=folded.bad,
+        first_id=folded.first_entry_id, last_id=folded.last_entry_id,
+        seconds=time.perf_counter() - started)
 
 
 async def next_or_none(it: AsyncIterator[Any]) -> Any:

@@ -140,9 +140,10 @@ async def _apply(
 
 @dataclass
 class FoldStats:
-    entries: int = 0
-    applied: int = 0
-    bad: int = 0
+    entries: int = 0  # stream entries read
+    applied: int = 0  # valid workflow events folded (of `execution` only, when given)
+    bad: int = 0  # entries that do not decode or fail alone (a consumer dead-letters them)
+    first_entry_id: str | None = None
     last_entry_id: str | None = None
     stopped: bool = False  # `stop` was set before the range was done
 
@@ -155,11 +156,13 @@ async def fold_range(
     end: str = "+",
     *,
     page: int = FOLD_BATCH,
+    execution: str | None = None,
     on_page: Callable[[FoldStats], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> FoldStats:
-    """Fold every valid workflow entry of `stream` in [start, end] into `store`; with
-    `stop`, end after the page in hand once it is set (`stopped` says so)."""
+    """Fold every valid workflow entry of `stream` in [start, end] into `store` (with
+    `execution`, only that execution's events: the rest are read, and counted as entries
+    or bad); with `stop`, end after the page in hand once it is set (`stopped` says so)."""
     stats = FoldStats()
     pages = iter_pages(redis, stream, start, end, page)
 
@@ -175,6 +178,8 @@ async def fold_range(
             g, b = decode_page(rows[at:at + DECODE_SLICE])
             good += g
             bad += b
+        if execution is not None:
+            good = [e for e in good if e.event.execution_id == execution]
         return rows, good, bad, await _log_rows(good)
 
     # the next page, read, decoded and made into rows while one folds
@@ -187,6 +192,7 @@ async def fold_range(
             stats.entries += len(rows)
             stats.applied += len(good) - len(failed)
             stats.bad += len(bad) + len(failed)
+            stats.first_entry_id = stats.first_entry_id or rows[0][0]
             stats.last_entry_id = rows[-1][0]
             if on_page is not None:
                 on_page(stats)

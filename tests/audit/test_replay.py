@@ -206,6 +206,41 @@ async def test_an_entry_whose_apply_fails_is_skipped_not_fatal(
     assert {row[0] for row in rows} == {e.execution_id for e in events} - {"exec-00005"}
 
 
+async def test_wks_replay_skips_an_entry_whose_apply_fails(
+    r: aioredis.Redis, settings: Settings, wks: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wks replay` folds as the restore's catch-up does (`fold_range`): an entry whose
+    apply fails alone is skipped and counted bad, the replay goes on, and `--execution`
+    folds that execution's events only."""
+    from wks import store as store_module
+
+    await publish_workload(r, settings)
+    events = workload(300, 30, random.Random(7))
+    real = store_module.state_row
+
+    def poison(state, fold):  # type: ignore[no-untyped-def]
+        if state.execution_id == "exec-00005":
+            raise OverflowError("cannot store this one")
+        return real(state, fold)
+
+    monkeypatch.setattr(store_module, "state_row", poison)
+    poisoned = sum(e.execution_id == "exec-00005" for e in events)
+    code, out, err = await wks("replay", "--page", "64")
+    assert code == 0, err
+    assert f"{len(events)} entries" in err
+    assert f"{poisoned} bad" in err
+    assert f"{len(events) - poisoned} folded" in err
+    ids = {json.loads(line)["executionId"] for line in out.splitlines()}
+    assert ids == {e.execution_id for e in events} - {"exec-00005"}
+
+    code, out, err = await wks("replay", "--page", "64", "--execution", "exec-00011")
+    assert code == 0, err
+    mine = sum(e.execution_id == "exec-00011" for e in events)
+    assert f"{len(events)} entries" in err
+    assert f"{mine} folded, 0 bad" in err
+    assert [json.loads(line)["executionId"] for line in out.splitlines()] == ["exec-00011"]
+
+
 _LOGGED = ("SELECT entry_id, entry_ms, entry_seq, event_id, event_key, execution_id, type, ts,"
            " payload FROM event_log ORDER BY entry_ms, entry_seq")
 

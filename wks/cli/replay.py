@@ -24,7 +24,7 @@ from wks.keys import GROUP_STATE
 from wks.progress import Progress
 from wks.redis import text
 from wks.replay import parse_bound
-from wks.store import Store
+from wks.store import FOLD_BATCH, Store
 from wks.stream_stats import group_stats
 from wks.verify import Coverage, VerifyReport, coverage, verify
 
@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--json", action="store_true", help="print the verify report as JSON")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    p.add_argument("--page", type=int, default=2000, help="entries per XRANGE page (default 2000)")
+    p.add_argument("--page", type=int, default=FOLD_BATCH,
+                   help=f"entries per XRANGE page and fold transaction (default {FOLD_BATCH}, "
+                        "as the consumers' batches; smaller takes less memory, and longer)")
     p.set_defaults(func=run)
 
 
