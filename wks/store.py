@@ -335,7 +335,8 @@ class Store:
         logs: LogRows | None = None,
     ) -> list[State]:
         """Fold `entries` into the store in one transaction; return the touched states.
-        `logs`: their `log_rows()`, when the caller built them ahead.
+        `logs`: their `log_rows()`, when the caller built them ahead (of this very sequence:
+        rows built for another are not used).
 
         The SQLite work runs in four hops to the connection's thread rather than one per
         statement: begin and load, the event_log insert (the longest, queued right behind the
@@ -346,6 +347,8 @@ class Store:
         """
         if not entries:
             return []
+        if logs is not None and logs.entries is not entries:
+            logs = None  # built for other entries (a filtered or split batch): not these rows
         ids = list({e.event.execution_id: None for e in entries})  # first seen first
         if len(entries) <= _INLINE_MAX:
             states = await self._apply_inline(entries, ids, before_commit, logs)

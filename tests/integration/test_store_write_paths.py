@@ -161,6 +161,20 @@ async def test_rows_built_ahead_in_slices_are_the_same() -> None:
     assert await batch_rows.log_rows_sliced(entries) == batch_rows.log_rows(entries)
 
 
+@pytest.mark.parametrize("size", [40, batch_rows.INLINE_MAX + 60])
+async def test_rows_built_for_other_entries_are_not_used(tmp_path: Path, size: int) -> None:
+    """Rows built ahead for another sequence of entries (before a filter, before a split)
+    never reach the log: the batch logs its own events, on either path."""
+    entries = [e for batch in _batches() for e in batch]
+    mine, other = entries[:size], entries[size:2 * size]
+    async with await Store.open(tmp_path / "state.db") as store:
+        await store.apply_batch(mine, logs=batch_rows.log_rows(other))
+        await store.apply_batch(list(mine), logs=batch_rows.log_rows(mine))  # an equal copy
+        logged = [r[0] for r in await store.fetchall("SELECT entry_id FROM event_log")]
+    assert sorted(logged) == sorted(e.entry_id for e in mine)
+    assert not {e.entry_id for e in other} & set(logged)
+
+
 async def test_an_entry_id_beyond_sqlite_integers_is_refused_not_clamped(tmp_path: Path) -> None:
     """Redis takes explicit ids up to 2^64-1; entry_ms is a 64-bit INTEGER. Such an entry
     fails its batch (the reader then dead-letters it alone), never stored with a clamped id."""
