@@ -124,6 +124,8 @@ async def _apply(
     """Apply a page's valid entries (`logs`: their rows, built ahead); an entry whose apply
     fails alone (not the store: a poison entry, as a consumer dead-letters it) is skipped,
     and returned with its reason."""
+    if not good:  # a page of bad entries, or of other executions only
+        return []
     try:
         await store.apply_batch(good, logs=logs)
         return []

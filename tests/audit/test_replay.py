@@ -227,17 +227,16 @@ async def test_wks_replay_skips_an_entry_whose_apply_fails(
     poisoned = sum(e.execution_id == "exec-00005" for e in events)
     code, out, err = await wks("replay", "--page", "64")
     assert code == 0, err
-    assert f"{len(events)} entries" in err
-    assert f"{poisoned} bad" in err
-    assert f"{len(events) - poisoned} folded" in err
+    assert f"replay: {len(events)} entries (" in err
+    assert f", {len(events) - poisoned} folded, {poisoned} bad, " in err
     ids = {json.loads(line)["executionId"] for line in out.splitlines()}
     assert ids == {e.execution_id for e in events} - {"exec-00005"}
 
     code, out, err = await wks("replay", "--page", "64", "--execution", "exec-00011")
     assert code == 0, err
     mine = sum(e.execution_id == "exec-00011" for e in events)
-    assert f"{len(events)} entries" in err
-    assert f"{mine} folded, 0 bad" in err
+    assert f"replay: {len(events)} entries (" in err
+    assert f", {mine} folded, 0 bad, 1 executions, " in err
     assert [json.loads(line)["executionId"] for line in out.splitlines()] == ["exec-00011"]
 
 
@@ -248,18 +247,18 @@ _LOGGED = ("SELECT entry_id, entry_ms, entry_seq, event_id, event_key, execution
 async def test_pages_built_ahead_log_every_entry_as_the_consumer_does(
     r: aioredis.Redis, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each page's event_log rows are built while the page before it folds, and handed to
-    the apply: pages past INLINE_MAX (their rows as records, on SQLite's thread) and the
-    last, smaller one (row by row) log exactly what the consumer logged."""
+    """Each page's event_log rows are built while the page before it folds (a slice at a
+    time past DECODE_SLICE) and handed to the apply: pages past INLINE_MAX (their rows as
+    records, on SQLite's thread) and a last one within it (row by row) log exactly what the
+    consumer logged; with an execution filter, only that execution's rows."""
     from wks import batch_rows
+    from wks.events import DECODE_SLICE
     from wks.replay import fold_range
     from wks.store import Store
 
-    page = batch_rows.INLINE_MAX + 50
-    total = len(workload(2 * page + 60, 30, random.Random(7)))  # what publish_workload sends
-    assert 2 * page < total < 3 * page
-    await publish_workload(r, settings, n=2 * page + 60)
-    await add(r, settings, {"type": "nope"})  # a bad entry: skipped, the page still built
+    await publish_workload(r, settings, n=2350)
+    total = len(workload(2350, 30, random.Random(7)))  # what publish_workload sent
+    await add(r, settings, {"type": "nope"})  # a bad entry: skipped, its page still built
     await fold(settings, r)
     handed: list[tuple[int, bool]] = []
     real = Store.apply_batch
@@ -269,15 +268,57 @@ async def test_pages_built_ahead_log_every_entry_as_the_consumer_does(
         return await real(self, entries, before_commit, logs)
 
     monkeypatch.setattr(Store, "apply_batch", spy)
+    stream = settings.keys.workflow_stream
     async with await Store.open(tmp_path / "replayed.db") as store:
-        stats = await fold_range(r, settings.keys.workflow_stream, store, page=page)
-    assert (stats.applied, stats.bad) == (total, 1)
-    # the last page holds the bad entry too: it is not applied
-    assert [n for n, _ in handed] == [page, page, total - 2 * page]
+        stats = await fold_range(r, stream, store, page=DECODE_SLICE + 200)
+    assert (stats.entries, stats.applied, stats.bad) == (total + 1, total, 1)
+    sizes = [n for n, _ in handed]
+    assert sum(sizes) == total
+    assert min(sizes[:-1]) > DECODE_SLICE > batch_rows.INLINE_MAX >= sizes[-1] > 0
     assert all(ok for _, ok in handed)
     with sqlite3.connect(settings.db_path) as a, sqlite3.connect(tmp_path / "replayed.db") as b:
         assert b.execute(_LOGGED).fetchall() == a.execute(_LOGGED).fetchall()
         assert len(a.execute(_LOGGED).fetchall()) == total
+
+    handed.clear()
+    async with await Store.open(tmp_path / "one.db") as store:
+        stats = await fold_range(r, stream, store, page=DECODE_SLICE + 200,
+                                 execution="exec-00011")
+    mine = sum(e.execution_id == "exec-00011" for e in workload(2350, 30, random.Random(7)))
+    assert (stats.entries, stats.applied, stats.bad) == (total + 1, mine, 1)
+    assert sum(n for n, _ in handed) == mine
+    assert all(ok for _, ok in handed)
+    only = _LOGGED.replace("ORDER BY", "WHERE execution_id = 'exec-00011' ORDER BY")
+    with sqlite3.connect(settings.db_path) as a, sqlite3.connect(tmp_path / "one.db") as b:
+        assert b.execute(_LOGGED).fetchall() == a.execute(only).fetchall()
+        assert len(b.execute(_LOGGED).fetchall()) == mine
+
+
+async def test_replay_into_reports_pages_ids_and_counts(
+    r: aioredis.Redis, settings: Settings, tmp_path
+) -> None:
+    """What `wks replay` prints and shows as progress: each page's number of entries, the
+    first and last entry ids, folded and bad (with `--execution`, the other executions'
+    entries are neither)."""
+    from wks.audit import replay_into
+    from wks.store import Store
+
+    stream = settings.keys.workflow_stream
+    await publish_workload(r, settings, n=500)
+    await add(r, settings, {"type": "nope"})
+    total = len(workload(500, 30, random.Random(7))) + 1
+    first = (await r.xrange(stream, count=1))[0][0].decode()
+    last = (await r.xrevrange(stream, count=1))[0][0].decode()
+    for execution, applied in ((None, total - 1), ("exec-00011", sum(
+            e.execution_id == "exec-00011" for e in workload(500, 30, random.Random(7))))):
+        pages: list[int] = []
+        async with await Store.open(tmp_path / f"{execution}.db") as store:
+            stats = await replay_into(r, stream, store, page=100, execution=execution,
+                                      on_page=pages.append)
+        assert pages == [100] * (total // 100) + [total % 100]
+        assert (stats.entries, stats.applied, stats.bad) == (total, applied, 1)
+        assert (stats.first_id, stats.last_id) == (first, last)
+        assert stats.seconds > 0
 
 
 async def test_rows_not_built_ahead_are_built_as_the_page_is_applied(

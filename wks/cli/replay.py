@@ -46,8 +46,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
     p.add_argument("--page", type=int, default=FOLD_BATCH,
-                   help=f"entries per XRANGE page and fold transaction (default {FOLD_BATCH}, "
-                        "as the consumers' batches; smaller takes less memory, and longer)")
+                   help=f"at most this many entries per XRANGE page and fold transaction "
+                        f"(default {FOLD_BATCH}, as `wks worker`'s batches and a restore's "
+                        "catch-up; smaller takes less memory, and longer)")
     p.set_defaults(func=run)
 
 
