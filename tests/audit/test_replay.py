@@ -177,33 +177,42 @@ async def test_out_keeps_the_replayed_store(
     assert not list(settings.db_path.parent.glob(".wks-replay-*"))  # temp stores removed
 
 
+_POISONED = "exec-00005"
+
+
+def poison_one_execution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every batch that touches `_POISONED` fail in the apply, as a poison entry does."""
+    from wks import store as store_module
+
+    real = store_module.state_row
+
+    def poison(state, fold):  # type: ignore[no-untyped-def]
+        if state.execution_id == _POISONED:
+            raise OverflowError("cannot store this one")
+        return real(state, fold)
+
+    monkeypatch.setattr(store_module, "state_row", poison)
+
+
 async def test_an_entry_whose_apply_fails_is_skipped_not_fatal(
     r: aioredis.Redis, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An entry the fold cannot apply (here: any event of one execution) is skipped and
     counted as bad, as a consumer dead-letters it; the rest of its page is folded."""
-    from wks import store as store_module
     from wks.replay import fold_range
     from wks.store import Store
 
     await publish_workload(r, settings)
     events = workload(300, 30, random.Random(7))
-    poisoned = sum(e.execution_id == "exec-00005" for e in events)
-    real = store_module.state_row
-
-    def poison(state, fold):  # type: ignore[no-untyped-def]
-        if state.execution_id == "exec-00005":
-            raise OverflowError("cannot store this one")
-        return real(state, fold)
-
-    monkeypatch.setattr(store_module, "state_row", poison)
+    poisoned = sum(e.execution_id == _POISONED for e in events)
+    poison_one_execution(monkeypatch)
     async with await Store.open(tmp_path / "replayed.db") as store:
         stats = await fold_range(r, settings.keys.workflow_stream, store, page=64)
         rows = await store.fetchall("SELECT execution_id FROM executions")
     assert poisoned > 0
     assert (stats.entries, stats.bad, stats.applied) == (
         len(events), poisoned, len(events) - poisoned)
-    assert {row[0] for row in rows} == {e.execution_id for e in events} - {"exec-00005"}
+    assert {row[0] for row in rows} == {e.execution_id for e in events} - {_POISONED}
 
 
 async def test_wks_replay_skips_an_entry_whose_apply_fails(
@@ -212,25 +221,16 @@ async def test_wks_replay_skips_an_entry_whose_apply_fails(
     """`wks replay` folds as the restore's catch-up does (`fold_range`): an entry whose
     apply fails alone is skipped and counted bad, the replay goes on, and `--execution`
     folds that execution's events only."""
-    from wks import store as store_module
-
     await publish_workload(r, settings)
     events = workload(300, 30, random.Random(7))
-    real = store_module.state_row
-
-    def poison(state, fold):  # type: ignore[no-untyped-def]
-        if state.execution_id == "exec-00005":
-            raise OverflowError("cannot store this one")
-        return real(state, fold)
-
-    monkeypatch.setattr(store_module, "state_row", poison)
-    poisoned = sum(e.execution_id == "exec-00005" for e in events)
+    poison_one_execution(monkeypatch)
+    poisoned = sum(e.execution_id == _POISONED for e in events)
     code, out, err = await wks("replay", "--page", "64")
     assert code == 0, err
     assert f"replay: {len(events)} entries (" in err
     assert f", {len(events) - poisoned} folded, {poisoned} bad, " in err
     ids = {json.loads(line)["executionId"] for line in out.splitlines()}
-    assert ids == {e.execution_id for e in events} - {"exec-00005"}
+    assert ids == {e.execution_id for e in events} - {_POISONED}
 
     code, out, err = await wks("replay", "--page", "64", "--execution", "exec-00011")
     assert code == 0, err
