@@ -34,7 +34,6 @@ from wks.state import Fold, State, decode_fold, fold_events, to_state
 
 _CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
 _POINT_PAUSE = 1.0  # seconds without point reads after one failed (see Store._point_read)
-_INLINE_MAX = batch_rows.INLINE_MAX  # batches written from the loop's thread, row by row
 # Entries per fold transaction when a backlog allows (the state group's reads, replay pages).
 # A commit writes every page the batch dirtied, and with executions spread over the indexes
 # that is about one page per execution; the per-execution work (upsert, mirror) also shrinks
@@ -350,7 +349,7 @@ class Store:
         if logs is not None and logs.entries is not entries:
             logs = None  # built for other entries (a filtered or split batch): not these rows
         ids = list({e.event.execution_id: None for e in entries})  # first seen first
-        if len(entries) <= _INLINE_MAX:
+        if len(entries) <= batch_rows.INLINE_MAX:  # written from the loop's thread
             states = await self._apply_inline(entries, ids, before_commit, logs)
             if states is not None:
                 return states
