@@ -152,9 +152,11 @@ async def test_events_are_published_with_unknown_keys_and_judged_as_the_consumer
     assert json.loads(entry[1][b"event"]) == {**mine, "owner": "alice"}
 
 
-async def test_body_not_matching_its_content_encoding_is_a_400(client, admin, r, settings):
+async def test_body_not_matching_its_content_encoding_is_a_400(
+        client, admin, r, settings, caplog):
     """A body that is not what its Content-Encoding says answers a JSON 400 on every route
-    that reads one, and nothing is published or changed."""
+    that reads one, nothing is published or changed, and no error is logged (the client's
+    mistake, answered)."""
     for method, path in (("POST", URL), ("PUT", "/api/backups/config"),
                          ("POST", "/api/backups?wait=0")):
         for encoding in ("gzip", "deflate"):
@@ -165,6 +167,8 @@ async def test_body_not_matching_its_content_encoding_is_a_400(client, admin, r,
                 "success": False,
                 "error": "request body does not match its Content-Encoding (cannot decompress it)"}
     assert await r.exists(settings.keys.workflow_stream, settings.keys.backup_stream) == 0
+    assert [rec.getMessage() for rec in caplog.records
+            if rec.levelname in ("ERROR", "CRITICAL")] == []
 
 
 async def test_publish_failure_is_a_503(make_client, settings, redis_factory, token):

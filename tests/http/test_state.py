@@ -251,3 +251,47 @@ async def test_sse_ends_when_the_server_shuts_down(client, admin, producer, fold
     await client.app.shutdown()  # fires on_shutdown, as AppRunner.cleanup does
     rest = await asyncio.wait_for(resp.content.read(), 10)
     assert b"data: " not in rest  # nothing new, and the stream is closed
+
+
+def _requests(route: str, status: str) -> float:
+    from wks import metrics
+
+    return metrics.REGISTRY.get_sample_value(
+        "wks_http_requests_total", {"method": "GET", "route": route, "status": status}) or 0.0
+
+
+async def test_sse_client_that_leaves_is_not_a_server_error(
+        settings, r, admin, producer, fold, monkeypatch, caplog):
+    """A client closing its event stream, on the server `wks api` runs, ends the request as
+    a 200 in the metrics with no error logged: leaving is how an SSE client stops, and it
+    must not count as a server error (an alert fires on those)."""
+    import aiohttp
+
+    from wks.http.app import create_app
+    from wks.http.routes import state as state_routes
+    from wks.http.server import serve
+
+    monkeypatch.setattr(state_routes, "SSE_KEEPALIVE", 0.0)  # a write every poll
+    await producer.started("gone", "etl", 100, owner="root")
+    await fold()
+    route = f"{BASE}/{{executionId}}/events"
+    before = {status: _requests(route, status) for status in ("200", "499", "500")}
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(create_app(settings, r), "127.0.0.1", 0, stop, on_ready=ready.set_result))
+    try:
+        url = await asyncio.wait_for(ready, 10)
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(f"{url}{BASE}/gone/events", headers=admin)
+            assert (await asyncio.wait_for(resp.content.readline(), 10)).startswith(b"data: ")
+            resp.close()  # the connection goes with it
+        await wait_for(lambda: sum(map(_requests, [route] * 3, before)) > sum(before.values()),
+                       what="the stream's request counted")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert {status: _requests(route, status) - n for status, n in before.items()} == {
+        "200": 1, "499": 0, "500": 0}
+    assert [rec.getMessage() for rec in caplog.records
+            if rec.levelname in ("ERROR", "CRITICAL")] == []

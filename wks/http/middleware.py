@@ -35,6 +35,7 @@ SESSION_CHECKED = web.RequestKey("session_checked", bool)
 VERDICT: web.RequestKey[Verdict | None] = web.RequestKey("ratelimit_verdict")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError, TimeoutError)
+CLIENT_CLOSED = 499  # the status counted for a request whose client left before its answer
 PUBLIC = frozenset({"/health", "/metrics"})  # route templates served without a token
 _KEEP_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 # request ids need to be unique, not secret: a random per-process part and a counter (16 hex
@@ -86,9 +87,14 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.RequestPayloadError as exc:  # raised while a handler reads the body
         response = error_response(400, _payload_error(exc))
         response.force_close()  # the rest of the body cannot be parsed: nothing can follow it
+        # and nothing more is read of it: aiohttp would read on after the answer, meet the
+        # same error again and log it as unhandled
+        request.content.feed_eof()
     except (ConnectionResetError, TimeoutError) as exc:
         if request.transport is None or request.transport.is_closing():
-            raise  # the client went away: nobody to answer
+            # the client went away: nobody to answer, and no server error (counted as 499,
+            # "client closed request", as proxies do); aiohttp drops the answer quietly
+            return web.Response(status=CLIENT_CLOSED)
         logger.bind(request_id=request_id).warning("{} {} timed out: {}",
                                                    request.method, request.path, exc)
         response = error_response(503, "temporarily unavailable; retry later")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -198,11 +199,21 @@ async def state_events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no",
     })
     await response.prepare(request)
-    stop = request.app[SHUTDOWN]
+    # the client going away is how an event stream's client stops: not an error
+    with contextlib.suppress(ConnectionResetError):
+        await _stream(request, response, state, execution_id)
+    return response
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, state: dict[str, Any],
+                  execution_id: str) -> None:
+    """Send `state`, then each change of it, until it is terminal or the server stops."""
+    store, principal, stop = request.app[STORE], principal_of(request), request.app[SHUTDOWN]
     last = ""
     quiet_since = time.monotonic()
-    while state is not None:
-        text = json.dumps(state, separators=(",", ":"), sort_keys=True)
+    current: dict[str, Any] | None = state
+    while current is not None:
+        text = json.dumps(current, separators=(",", ":"), sort_keys=True)
         if text != last:
             await response.write(f"data: {text}\n\n".encode())
             last = text
@@ -210,11 +221,10 @@ async def state_events(request: web.Request) -> web.StreamResponse:
         elif time.monotonic() - quiet_since >= SSE_KEEPALIVE:
             await response.write(b": keepalive\n\n")
             quiet_since = time.monotonic()
-        if state["status"] in TERMINAL or await wait_stop(stop, SSE_POLL):
+        if current["status"] in TERMINAL or await wait_stop(stop, SSE_POLL):
             break
-        state = await queries.state_for(store, principal, execution_id)
+        current = await queries.state_for(store, principal, execution_id)
     await response.write_eof()
-    return response
 
 
 _STATE_OK = {"type": "object", "required": ["success", "state"], "additionalProperties": False,
