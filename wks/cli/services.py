@@ -55,7 +55,8 @@ def state_service(rt: Runtime, *, burst: bool = False, shared_loop: bool = False
     return run
 
 
-# "retention" is not a consumer group but runs wherever the groups run (worker and up):
-# the trimmer, one pass at a time across workers under lock `trim`
+# "retention" is not a consumer group but runs wherever the groups run (every worker, and
+# up): the trimmer, one pass at a time across workers under lock `trim`
+RETENTION = "retention"
 GROUP_SERVICES = {GROUP_STATE: state_service, GROUP_BACKUP: backup_service,
-                  "retention": retention_service}
+                  RETENTION: retention_service}

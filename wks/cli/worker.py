@@ -10,14 +10,15 @@ from prometheus_client import start_http_server
 
 from wks import metrics
 from wks.cli.runtime import open_runtime, supervise
-from wks.cli.services import GROUP_SERVICES
+from wks.cli.services import GROUP_SERVICES, RETENTION
 from wks.config import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run consumer-group workers")
     p.add_argument("--group", action="append", choices=sorted(GROUP_SERVICES),
-                   help="a group to run (repeatable); every group when none is named")
+                   help="a group to run (repeatable); every group when none is named. The "
+                   "trimmer (retention) runs in every worker, whichever groups it runs")
     p.add_argument("--burst", action="store_true",
                    help="exit once the streams are drained instead of waiting for more")
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
@@ -30,7 +31,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> int:
-    groups = args.group or sorted(GROUP_SERVICES)
+    # the trimmer goes wherever groups run: a deployment that runs one worker per group
+    # still trims its streams (one pass at a time across workers, under lock `trim`)
+    groups = sorted({*(args.group or GROUP_SERVICES), RETENTION})
     if args.metrics_port:
         # the consumer metrics live in this process: Prometheus scrapes each worker itself
         server, _ = start_http_server(args.metrics_port, settings.host,
