@@ -46,6 +46,11 @@ class Keys:
     def workflow(self, execution_id: str) -> str:
         return f"{self.prefix}:workflow:{execution_id}"
 
+    def claim(self, execution_id: str) -> str:
+        """String: the owner ('' for none) whose start, published through the API, claimed
+        the execution, so no other user takes it over before the fold has it (a TTL)."""
+        return f"{self.prefix}:claim:{execution_id}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
 

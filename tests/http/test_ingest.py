@@ -112,6 +112,38 @@ async def test_a_user_may_start_an_execution_after_its_progress(client, token, f
     assert (state["owner"], state["completedSteps"]) == ("alice", 1)
 
 
+async def test_an_execution_started_through_the_api_is_claimed_before_it_is_folded(
+        client, token, admin, fold, r, settings):
+    """The first start published through the API claims the execution for its owner: until
+    the fold has it, another user can neither take it over with an earlier start nor write
+    to it, while its owner may go on writing to it in later requests."""
+    bob, alice = bearer(await token("bob", "user")), bearer(await token("alice", "user"))
+    secret = _ev("workflow.started", "bobjob", workflowId="etl", totalSteps=2,
+                 data={"secret": "bob-data"})
+    assert (await client.post(URL, headers=bob, json=[secret])).status == 202
+    # nothing folded yet: an earlier start (least stamp: it would set the owner) is refused
+    early = _ev("workflow.started", "bobjob", workflowId="x", totalSteps=1, ts=1)
+    for body in ([early], [_ev("workflow.progress", "bobjob", completedSteps=1)]):
+        out = await (await client.post(URL, headers=alice, json=body)).json()
+        assert out["errors"] == [{"index": 0, "error": "execution not found"}], body
+    # an admin's start without an owner claims it for no user
+    await client.post(URL, headers=admin, json=[
+        _ev("workflow.started", "ops-1", workflowId="etl", totalSteps=1)])
+    out = await (await client.post(URL, headers=alice, json=[early | {"executionId": "ops-1"}])
+                 ).json()
+    assert out["errors"] == [{"index": 0, "error": "execution not found"}]
+    # bob's own later request, before the fold: accepted as part of his execution
+    later = await client.post(URL, headers=bob, json=[
+        _ev("workflow.progress", "bobjob", completedSteps=1)])
+    assert later.status == 202
+    await fold()
+    state = (await (await client.get("/api/workflow-state/bobjob", headers=bob)).json())["state"]
+    assert (state["owner"], state["data"], state["completedSteps"]) == (
+        "bob", {"secret": "bob-data"}, 1)
+    assert (await client.get("/api/workflow-state/bobjob", headers=alice)).status == 404
+    assert 0 < await r.pttl(settings.keys.claim("bobjob")) <= settings.stream_retention * 1000
+
+
 @pytest.mark.parametrize("publisher", ["library", "default"])
 async def test_events_are_published_with_unknown_keys_and_judged_as_the_consumer_judges(
     publisher, client, aiohttp_client, admin, token, fold, r, settings
