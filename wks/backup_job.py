@@ -180,8 +180,15 @@ async def take_backup(
     try:
         directory = files.ensure_dir(settings.backup_dir)
     except OSError as exc:  # a failed backup to report, not a transient fault to retry
-        raise BackupError("backup directory", settings.backup_dir.name,
-                          files.reason(exc)) from exc
+        error = BackupError("backup directory", settings.backup_dir.name, files.reason(exc))
+        metrics.BACKUPS.labels(backup_type, "failed").inc()
+        # recorded like any other failed backup (failedBackups counts it); the store may
+        # be what failed too, and the answer on the results stream still goes out
+        with contextlib.suppress(Exception):
+            failed_id = await log.start(store, backup_type, request_id, lock.token or 0, None,
+                                        log.iso(files.utcnow()))
+            await log.mark_failed(store, failed_id, str(error))
+        raise error from exc
     await sweep(store, directory)
     # a database still finishing a restore's catch-up lacks entries from before that point
     replay_from = catch_up.earlier(await safe_point(redis, settings.keys),

@@ -76,7 +76,8 @@ async def test_a_backup_directory_that_cannot_be_made_fails_the_request(
     r: aioredis.Redis, settings: Settings, store: Store, tmp_path
 ):
     """backupDir under a regular file: the request is answered backup.failed, naming the
-    directory without its path, and acknowledged (not retried as if Redis were down)."""
+    directory without its path, recorded as a failed backup (it counts in failedBackups),
+    and acknowledged (not retried as if Redis were down)."""
     import dataclasses
 
     (tmp_path / "a-file").write_text("")
@@ -90,3 +91,8 @@ async def test_a_backup_directory_that_cannot_be_made_fails_the_request(
     assert result["error"].startswith("backup directory bk: ")
     assert str(tmp_path) not in result["error"]
     assert (await r.xpending(settings.keys.backup_stream, GROUP_BACKUP))["pending"] == 0
+    rows = await store.fetchall(
+        "SELECT status, error_message, request_id, file_path, completed_at FROM backup_log")
+    assert [(row[0], row[1], row[2], row[3]) for row in rows] == [
+        ("failed", result["error"], "req-nodir", None)]
+    assert rows[0][4] is not None
