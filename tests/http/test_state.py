@@ -141,6 +141,29 @@ async def test_after_times_out_with_504_and_validates(client, admin):
         assert resp.status == 400, query
 
 
+async def test_after_for_a_dead_lettered_entry_says_so_in_its_504(
+        client, admin, token, fold, r, settings):
+    """An entry that was dead-lettered is never applied: the 504 says it was dead-lettered,
+    with the reason for an admin only (a user may name anyone's entry)."""
+    from wks.keys import EVENT_FIELD
+
+    entry = (await r.xadd(settings.keys.workflow_stream, {EVENT_FIELD: b"not json"})).decode()
+    await fold()
+    assert len(await r.xrange(settings.keys.dead_stream)) == 1
+    resp = await client.get(f"{BASE}/x?after={entry}&wait=0", headers=admin)
+    assert resp.status == 504
+    error = (await resp.json())["error"]
+    assert error.startswith(f"entry {entry} not applied within 0s: it was dead-lettered (")
+    assert "JSON" in error
+    user = bearer(await token("alice", "user"))
+    resp = await client.get(f"{BASE}/x?after={entry}&wait=0", headers=user)
+    assert (resp.status, (await resp.json())["error"]) == (
+        504, f"entry {entry} not applied within 0s: it was dead-lettered (see wks dead)")
+    # an entry that was not dead-lettered keeps the plain answer
+    resp = await client.get(f"{BASE}/x?after=1-0&wait=0", headers=admin)
+    assert (await resp.json())["error"] == "entry 1-0 not applied within 0s"
+
+
 async def test_sse_streams_progress_to_completion(client, admin, producer, fold):
     """The SSE route sends the state each time it changes and ends at a terminal status."""
     await producer.started("s1", "etl", 2, owner="root")

@@ -18,19 +18,21 @@ from redis.exceptions import ResponseError
 
 from wks.aio import wait_stop
 from wks.errors import BadEventError, RedisUnavailable
-from wks.events import CleanupCompleted, WorkflowFailed, now_ms
+from wks.events import CleanupCompleted, WorkflowFailed, now_ms, split_entry_id
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import principal_of, visible
-from wks.http.context import PRODUCER, SETTINGS, SHUTDOWN, STORE
+from wks.http.context import PRODUCER, REDIS, SETTINGS, SHUTDOWN, STORE
 from wks.http.errors import ApiError, not_found
-from wks.redis import REDIS_DOWN
+from wks.redis import REDIS_DOWN, text
 from wks.state import TERMINAL
 
 routes = web.RouteTableDef()
 
 MAX_WAIT = 60.0  # seconds a ?after= read may wait
 DEFAULT_WAIT = 5.0
+DEAD_SCAN = 1000  # dead letters searched for a waited-for entry that timed out
+DEAD_SCAN_TIMEOUT = 1.0  # seconds: a stalled Redis does not hold the 504 back
 SSE_POLL = 0.25  # seconds between store polls of an SSE stream
 SSE_KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing an idle stream
 SSE_APPEAR_WAIT = 2.0  # seconds an SSE request for an unknown execution waits for it
@@ -83,7 +85,28 @@ async def _poll(request: web.Request, done: Callable[[], Awaitable[bool]], wait:
 async def _await_entry(request: web.Request, entry_id: str, wait: float) -> None:
     store = request.app[STORE]
     if not await _poll(request, lambda: store.entry_applied(entry_id), wait):
-        raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s")
+        why = await _dead_lettered(request, entry_id)
+        raise ApiError(504, f"entry {entry_id} not applied within {wait:g}s{why}")
+
+
+async def _dead_lettered(request: web.Request, entry_id: str) -> str:
+    """Why a waited-for entry will never be applied, when it was dead-lettered (searched
+    among the last DEAD_SCAN dead letters since the entry's time), else "". The reason goes
+    to admins only: a user may name any entry id."""
+    keys = request.app[SETTINGS].keys
+    try:
+        rows = await asyncio.wait_for(request.app[REDIS].xrevrange(
+            keys.dead_stream, max="+", min=f"{split_entry_id(entry_id)[0]}-0", count=DEAD_SCAN),
+            DEAD_SCAN_TIMEOUT)
+    except (*REDIS_DOWN, ResponseError, TimeoutError):
+        return ""  # the answer is the timeout either way
+    wanted = {b"stream": keys.workflow_stream.encode(), b"entryId": entry_id.encode()}
+    for _, fields in rows:
+        if all(fields.get(k) == v for k, v in wanted.items()):
+            if not principal_of(request).is_admin:
+                return ": it was dead-lettered (see wks dead)"
+            return f": it was dead-lettered ({text(fields.get(b'reason', b''), 'replace')})"
+    return ""
 
 
 @routes.get(_BASE + "/active/list")
