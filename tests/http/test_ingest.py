@@ -144,6 +144,58 @@ async def test_an_execution_started_through_the_api_is_claimed_before_it_is_fold
     assert 0 < await r.pttl(settings.keys.claim("bobjob")) <= settings.stream_retention * 1000
 
 
+async def test_a_claim_goes_with_its_start_only(client, token, fold, producer, r, settings):
+    """A start refused for any reason (here: too long once its owner is added) claims
+    nothing; an execution seen only through progress so far is still decided by its claim,
+    so its claimant may go on writing to it and nobody else may."""
+    bob, alice = bearer(await token("bob", "user")), bearer(await token("alice", "user"))
+    fits = _ev("workflow.started", "big", workflowId="etl", totalSteps=1, note="")
+    fits["note"] = "x" * (256 * 1024 - len(json.dumps(fits, separators=(",", ":"))))
+    out = await (await client.post(URL, headers=alice, json=[
+        fits, _ev("workflow.progress", "big", completedSteps=1)])).json()
+    assert [e["index"] for e in out["errors"]] == [0, 1]
+    assert await r.exists(settings.keys.claim("big")) == 0
+    started = await client.post(URL, headers=bob, json=[
+        _ev("workflow.started", "big", workflowId="etl", totalSteps=1)])
+    assert started.status == 202
+    # progress folded before its start: the store knows the execution, but not its owner
+    await producer.progress("early", 1)
+    await fold()
+    assert (await client.post(URL, headers=alice, json=[
+        _ev("workflow.started", "early", workflowId="etl", totalSteps=2)])).status == 202
+    out = await (await client.post(URL, headers=bob, json=[
+        _ev("workflow.progress", "early", completedSteps=2)])).json()
+    assert out["errors"] == [{"index": 0, "error": "execution not found"}]
+    mine = await client.post(URL, headers=alice, json=[
+        _ev("workflow.progress", "early", completedSteps=2)])
+    assert mine.status == 202
+    await fold()
+    state = (await (await client.get("/api/workflow-state/early", headers=alice)).json())["state"]
+    assert (state["owner"], state["completedSteps"]) == ("alice", 2)
+
+
+async def test_claims_of_a_request_that_was_not_published_are_released(
+        aiohttp_client, settings, r, redis_factory, token):
+    """When the publish fails, the request's claims go too: a start nobody published holds
+    no execution (the same user, or another, may start it later)."""
+    from producers.client import Producer
+    from wks.redis import client as redis_client
+
+    server = redis_factory()
+    gone = redis_client(server.url)
+    server.kill()  # the publish fails; the claims (on `r`) are taken
+    try:
+        app = create_app(settings, r, producer=Producer(gone, settings.keys, buffer_size=0))
+        api = await aiohttp_client(app)
+        for who in (bearer(await token("alice", "user")), bearer(await token())):
+            resp = await api.post(URL, headers=who, json=[
+                _ev("workflow.started", "lost", workflowId="etl", totalSteps=1)])
+            assert resp.status == 503
+            assert await r.exists(settings.keys.claim("lost")) == 0
+    finally:
+        await gone.aclose()
+
+
 @pytest.mark.parametrize("publisher", ["library", "default"])
 async def test_events_are_published_with_unknown_keys_and_judged_as_the_consumer_judges(
     publisher, client, aiohttp_client, admin, token, fold, r, settings

@@ -37,6 +37,15 @@ async def owner_of(store: Store, execution_id: str) -> tuple[bool, str | None]:
     return (True, rows[0][0]) if rows else (False, None)
 
 
+async def start_of(store: Store, execution_id: str) -> tuple[bool, str | None]:
+    """(has a folded start, owner) of an execution: one seen only through progress events
+    has neither workflowId nor owner yet."""
+    rows = await store.fetchall(
+        "SELECT workflow_id IS NOT NULL, owner FROM executions WHERE execution_id = ?",
+        (execution_id,))
+    return (bool(rows[0][0]), rows[0][1]) if rows else (False, None)
+
+
 async def can_see(store: Store, principal: Principal, execution_id: str) -> bool:
     exists, owner = await owner_of(store, execution_id)
     return exists and visible(principal, owner)

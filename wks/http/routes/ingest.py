@@ -11,41 +11,32 @@ Status codes: 202 when at least one event was published (the answer lists the en
 array, empty, or every element rejected); 503 when Redis cannot take the events.
 
 A `user` may only write its own executions: a `workflow.started` gets `owner` = its sub when
-it names none (another owner is refused), and any event for an execution that exists is
-refused unless that execution is the user's. Progress for an execution the store does not
-know yet is accepted only when the same request starts it (before or after the progress: the
-fold takes events in any order), or an earlier request of the user's did. Admins write
-anything.
-
-Claims. The owner comes from the start with the least stamp (SPEC 4), so the store's owner
-alone would leave a window: between a start's publication and its fold (milliseconds, or as
-long as the consumers are behind or down), another user could publish an earlier start and
-take the execution over. The first start published through the API therefore claims its
-execution for its owner ('' for none) with `SET NX` on `wks:claim:{executionId}`, kept for
-`streamRetention` (the longest a start can wait in the stream); until the store knows the
-execution, its claim decides who may write to it. A start XADDed straight to the stream
-claims nothing: it is known once folded.
+it names none (another owner is refused), and any event for an execution whose start the
+store has folded is refused unless that execution is the user's. Before its start is folded,
+an execution's claim decides (`wks.http.claims`): a user writes to it if it holds the claim,
+or if the claim is free and the same request starts it (before or after its other events: the
+fold takes them in any order), which claims it. Admins write anything; their starts claim too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
+from loguru import logger
 
 from wks.config import Settings
 from wks.errors import BadEventError, RedisUnavailable
 from wks.events import WorkflowEvent, WorkflowStarted, decode_workflow, loads
+from wks.http import claims as claims_
 from wks.http import openapi as oa
 from wks.http import queries
 from wks.http.auth import Principal, principal_of
 from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
 from wks.http.errors import ApiError
-from wks.keys import Keys
-from wks.redis import REDIS_DOWN, text
+from wks.redis import REDIS_DOWN
 
 routes = web.RouteTableDef()
 _encode = msgspec.json.Encoder().encode
@@ -55,10 +46,6 @@ _DOWN: tuple[type[BaseException], ...] = (RedisUnavailable, *REDIS_DOWN)
 Judged = tuple[int, WorkflowEvent, bytes]  # index, event, the payload to publish
 
 
-def _claim_ttl_ms(settings: Settings) -> int:
-    return int(settings.stream_retention * 1000)
-
-
 def _judged(index: int, item: Any) -> Judged:
     """An element of the body as an event and its payload, or BadEventError with the
     reason: the very bytes published are the ones judged."""
@@ -66,82 +53,67 @@ def _judged(index: int, item: Any) -> Judged:
     return index, decode_workflow(payload), payload
 
 
-async def _claim(
-    redis: aioredis.Redis, keys: Keys, ttl_ms: int, owners: dict[str, str],
-    mine: Iterable[str] = (),
-) -> dict[str, str | None]:
-    """Claim each execution of `owners` for its owner unless it is claimed already; read the
-    claims of `mine` too. The claims as they now stand, by execution (None: unclaimed).
-    One round trip; no script needed (a claim never changes once set)."""
-    ids = [*owners, *(eid for eid in mine if eid not in owners)]
-    if not ids:
-        return {}
-    pipe = redis.pipeline(transaction=False)
-    for eid, owner in owners.items():
-        pipe.set(keys.claim(eid), owner, nx=True, px=ttl_ms)
-    pipe.mget([keys.claim(eid) for eid in ids])
-    held = (await pipe.execute())[-1]
-    return {eid: None if value is None else text(value) for eid, value in zip(ids, held,
-                                                                            strict=True)}
-
-
-def _start_owners(events: list[Judged], default: str) -> dict[str, str]:
-    """The owner (`default` for none) each execution started in `events` is claimed for:
-    that of its start with the least `ts`, the first of equals (the fold's choice as far as
-    it can be known before publishing: an absent eventId's stand-in is the entry id)."""
-    starts: dict[str, WorkflowStarted] = {}
-    for _, event, _ in events:
-        if isinstance(event, WorkflowStarted):
-            first = starts.get(event.execution_id)
-            if first is None or event.ts < first.ts:
-                starts[event.execution_id] = event
-    return {eid: start.owner or default for eid, start in starts.items()}
+_NOT_FOUND = "execution not found"
+_UNSTARTED = ("execution not found (start it in this request, or wait until its "
+              "workflow.started is applied)")
 
 
 async def _owned(
     request: web.Request, principal: Principal, events: list[Judged]
-) -> tuple[list[Judged], list[dict[str, Any]]]:
-    """Apply the ownership rule for a `user`: (allowed events, errors)."""
-    store, settings = request.app[STORE], request.app[SETTINGS]
+) -> tuple[list[Judged], list[dict[str, Any]], set[str]]:
+    """Apply the ownership rule for a `user`: (allowed events, errors, the executions this
+    request claimed: to release if its events are not published)."""
+    store, redis, keys = request.app[STORE], request.app[REDIS], request.app[SETTINGS].keys
+    sub = principal.sub
+    ids = list(dict.fromkeys(event.execution_id for _, event, _ in events))
+    folded = {eid: await queries.start_of(store, eid) for eid in ids}
+    claims = await claims_.held(redis, keys, [eid for eid in ids if not folded[eid][0]])
+
+    def open_to(eid: str, starting: bool) -> str | None:
+        """None when the user may write to `eid`, else why not."""
+        started, owner = folded[eid]
+        if started:
+            return None if owner == sub else _NOT_FOUND
+        claim = claims[eid]
+        if claim is None:
+            return None if starting else _UNSTARTED
+        return None if claim == sub else _NOT_FOUND
+
     allowed: list[Judged] = []
     errors: list[dict[str, Any]] = []
-    known = {eid: await queries.owner_of(store, eid)
-             for eid in dict.fromkeys(event.execution_id for _, event, _ in events)}
-    unknown = [eid for eid, (exists, _) in known.items() if not exists]
-    # a start anywhere in the request counts (the fold takes events in any order), if it
-    # is one this user may send (its own owner, or none) for an execution not someone else's
-    sendable = [judged for judged in events if isinstance(judged[1], WorkflowStarted)
-                and judged[1].owner in (None, principal.sub)]
-    starts = {eid: owner for eid, owner in _start_owners(sendable, principal.sub).items()
-              if eid in unknown}
-    claims = await _claim(request.app[REDIS], settings.keys, _claim_ttl_ms(settings),
-                          starts, unknown)
+    # the starts first: a start anywhere in the request opens its execution to the rest
     for index, event, payload in events:
-        eid = event.execution_id
-        exists, owner = known[eid]
-        claimed = claims.get(eid)
-        if (exists and owner != principal.sub) or (
-                not exists and claimed is not None and claimed != principal.sub):
-            errors.append({"index": index, "error": "execution not found"})
+        if not isinstance(event, WorkflowStarted):
             continue
+        if (why := open_to(event.execution_id, starting=True)) is not None:
+            errors.append({"index": index, "error": why})
+        elif event.owner not in (None, sub):
+            errors.append({"index": index, "error": "owner must be your own subject"})
+        elif event.owner is None:
+            try:  # judged again: the owner makes the entry longer
+                allowed.append(_judged(index, {**msgspec.json.decode(payload), "owner": sub}))
+            except BadEventError as exc:
+                errors.append({"index": index, "error": exc.reason})
+        else:
+            allowed.append((index, event, payload))
+    starting = {event.execution_id for _, event, _ in allowed}
+    for index, event, payload in events:
         if isinstance(event, WorkflowStarted):
-            if event.owner is None:
-                try:  # judged again: the owner makes the entry longer
-                    _, event, payload = _judged(
-                        index, {**msgspec.json.decode(payload), "owner": principal.sub})
-                except BadEventError as exc:
-                    errors.append({"index": index, "error": exc.reason})
-                    continue
-            elif event.owner != principal.sub:
-                errors.append({"index": index, "error": "owner must be your own subject"})
-                continue
-        elif not exists and claimed is None:
-            errors.append({"index": index,
-                           "error": "execution not found (start it in this request, or wait "
-                                    "until its workflow.started is applied)"})
             continue
-        allowed.append((index, event, payload))
-    return allowed, errors
+        eid = event.execution_id
+        if (why := open_to(eid, starting=eid in starting)) is not None:
+            errors.append({"index": index, "error": why})
+        else:
+            allowed.append((index, event, payload))
+    # the claims, for the starts that passed on free executions; one lost to a concurrent
+    # request of another user's is refused whole
+    free = {eid: sub for eid in starting if eid in claims and claims[eid] is None}
+    now, taken = await claims_.take(redis, keys, claims_.ttl_ms(request.app[SETTINGS]), free)
+    lost = {eid for eid, claim in now.items() if claim != sub}
+    errors += [{"index": index, "error": _NOT_FOUND}
+               for index, event, _ in allowed if event.execution_id in lost]
+    allowed = [judged for judged in allowed if judged[1].execution_id not in lost]
+    return sorted(allowed, key=lambda j: j[0]), sorted(errors, key=lambda e: e["index"]), taken
 
 
 @routes.post("/api/events")
@@ -164,26 +136,42 @@ async def ingest(request: web.Request) -> web.Response:
             good.append(_judged(index, item))
         except BadEventError as exc:
             errors.append({"index": index, "error": exc.reason})
+    redis, settings = request.app[REDIS], request.app[SETTINGS]
+    taken: set[str] = set()
     try:
         if not principal.is_admin and good:
-            good, refused = await _owned(request, principal, good)
+            good, refused, taken = await _owned(request, principal, good)
             errors = sorted(errors + refused, key=lambda e: e["index"])
+        elif good:  # an admin's starts claim too: no user takes them over before the fold
+            _, taken = await claims_.take(
+                redis, settings.keys, claims_.ttl_ms(settings),
+                claims_.start_owners((event for _, event, _ in good), ""))
         if not good:
             raise ApiError(400, "no valid events", extra={"accepted": 0, "errors": errors})
-        if principal.is_admin:  # an admin's starts claim too: no user takes them over
-            settings = request.app[SETTINGS]
-            await _claim(request.app[REDIS], settings.keys, _claim_ttl_ms(settings),
-                         _start_owners(good, ""))
         ids = await request.app[PRODUCER].publish_payloads(
             [payload for _, _, payload in good])
-    except _DOWN as exc:
-        raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
+    except Exception as exc:
+        if taken:  # nothing was published: the request's claims go too
+            await _release(redis, settings, taken)
+        if isinstance(exc, _DOWN):
+            raise ApiError(503, "cannot publish: Redis unreachable; retry later") from exc
+        raise
     entries = [{"index": index, "entryId": entry_id}
                for (index, _, _), entry_id in zip(good, ids or [], strict=False)]
     return web.json_response(
         {"success": True, "accepted": len(good), "entries": entries, "errors": errors},
         status=202,
     )
+
+
+async def _release(redis: aioredis.Redis, settings: Settings, taken: set[str]) -> None:
+    """The request's claims go with its events: a start that was not published holds
+    nothing. Best effort: Redis is likely what failed (the claims then expire)."""
+    try:
+        await claims_.release(redis, settings.keys, taken)
+    except Exception:
+        logger.warning("could not release {} execution claim(s) of an unpublished request; "
+                       "they expire with streamRetention", len(taken))
 
 
 _ERRORS = {"type": "array", "items": {
