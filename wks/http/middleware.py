@@ -91,9 +91,11 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         # same error again and log it as unhandled
         request.content.feed_eof()
     except (ConnectionResetError, TimeoutError) as exc:
-        if request.transport is None or request.transport.is_closing():
-            # the client went away: nobody to answer, and no server error (counted as 499,
-            # "client closed request", as proxies do); aiohttp drops the answer quietly
+        if isinstance(exc, ConnectionResetError) and (
+                request.transport is None or request.transport.is_closing()):
+            # a write found the client gone: nobody to answer, and no server error (counted
+            # as 499, "client closed request", as proxies do); aiohttp drops the answer.
+            # A timeout stays a 503 even then: clients leave because the server is slow.
             return web.Response(status=CLIENT_CLOSED)
         logger.bind(request_id=request_id).warning("{} {} timed out: {}",
                                                    request.method, request.path, exc)
