@@ -6,11 +6,12 @@ that stream still needs: for each group, its oldest pending entry (delivered, no
 acknowledged: a consumer may have died holding it) and the first entry after its
 last-delivered id (not yet delivered at all). A stopped group therefore holds retention back
 for its stream until it catches up or is deleted (`XGROUP DESTROY`); /health shows the
-oldest entry's age so that shows up.
+oldest entry's age so that shows up. The workflow and backup streams are not trimmed at all
+while their own group (`state`, `backup`) does not exist: a worker that runs only the other
+group, or only the trimmer, must not trim entries the missing group has yet to read.
 
-One race is accepted: a group created *during* a pass with a start id older than the cutoff
-may find those entries gone. Groups are created at worker start, from id 0, long before
-anything is old enough to trim.
+One race is accepted: another group created *during* a pass with a start id older than the
+cutoff may find those entries gone.
 
 `event_log` is pruned per execution, whole: once an execution's newest logged event was
 applied more than `eventLogRetention` ago, all its rows (and aliases) go together. An
@@ -36,13 +37,16 @@ from wks.aio import wait_stop
 from wks.config import Settings
 from wks.errors import WksError
 from wks.events import now_ms, split_entry_id
-from wks.keys import Keys
+from wks.keys import GROUP_BACKUP, GROUP_STATE, Keys
 from wks.locks import Lock
 from wks.redis import REDIS_DOWN, text
 from wks.store import Store
 from wks.stream_stats import LAST_RUN_FIELD, stream_groups, stream_stats
 
 LOCK_NAME = "trim"
+# the consumer group each stream is written for; the others (results, dead) are read by
+# people and tools, and trimmed by age alone
+READERS = {"workflow": GROUP_STATE, "backup": GROUP_BACKUP}
 _PRUNE_CHUNK = 1000
 
 # a failed pass is retried by the next one: retention is never urgent
@@ -63,10 +67,13 @@ def pass_interval(settings: Settings) -> float:
     return max(1.0, min(60.0, settings.stream_retention / 10))
 
 
-async def trim_floor(redis: aioredis.Redis, stream: str) -> str | None:
-    """The oldest entry id any group of `stream` still needs; None when none needs any."""
+async def trim_floor(
+    redis: aioredis.Redis, stream: str, groups: list[dict[str, Any]] | None = None
+) -> str | None:
+    """The oldest entry id any group of `stream` (`groups`: its XINFO GROUPS, when read
+    already) still needs; None when none needs any."""
     needed: list[str] = []
-    for g in await stream_groups(redis, stream):
+    for g in await stream_groups(redis, stream) if groups is None else groups:
         name = text(g["name"])
         if int(g["pending"]):
             oldest = await redis.xpending_range(stream, name, min="-", max="+", count=1)
@@ -79,14 +86,21 @@ async def trim_floor(redis: aioredis.Redis, stream: str) -> str | None:
 
 
 async def trim_stream(
-    redis: aioredis.Redis, stream: str, retention: float, now: int | None = None
+    redis: aioredis.Redis, stream: str, retention: float, now: int | None = None,
+    *, reader: str | None = None,
 ) -> int:
-    """Trim entries older than `retention` seconds, keeping what any group still needs."""
+    """Trim entries older than `retention` seconds, keeping what any group still needs.
+    With `reader` (the group the stream is for), nothing while that group does not exist:
+    it has not been created yet, or was removed, and may still have every entry to read
+    (a trimmer runs in every worker, also in one that does not run that group)."""
     cutoff = (now_ms() if now is None else now) - int(retention * 1000)
     if cutoff <= 0:
         return 0
+    groups = await stream_groups(redis, stream)
+    if reader is not None and reader not in {text(g["name"]) for g in groups}:
+        return 0
     minid = (cutoff, 0)
-    floor = await trim_floor(redis, stream)
+    floor = await trim_floor(redis, stream, groups)
     if floor is not None and split_entry_id(floor) < minid:
         minid = split_entry_id(floor)
     return int(await redis.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False))
@@ -99,7 +113,7 @@ async def trim_all(
     now = now_ms() if now is None else now
     trimmed: dict[str, int] = {}
     for name, stream in keys.streams.items():
-        n = await trim_stream(redis, stream, retention, now)
+        n = await trim_stream(redis, stream, retention, now, reader=READERS.get(name))
         trimmed[name] = n
         if n:
             metrics.STREAM_TRIMMED.labels(name).inc(n)

@@ -158,3 +158,27 @@ async def test_a_worker_for_one_group_still_trims(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert await ids_in(r, stream) == ids[10:]
+
+
+async def test_a_stream_whose_own_group_is_missing_is_not_trimmed(
+    r: aioredis.Redis, settings: Settings, make_settings
+) -> None:
+    """With no `state` group yet (a worker running only the backup group, first), the
+    workflow stream keeps every entry: the state group has yet to read them. Once the group
+    exists, what it has read and acknowledged goes as usual."""
+    keys = settings.keys
+    ids = await old_and_new(r, keys.workflow_stream)
+    dead = await old_and_new(r, keys.dead_stream)
+    async with await Store.open(settings.db_path) as store:
+        once = await run_once(r, make_settings(stream_retention=86_400.0), store)
+        assert once is not None
+        assert (once["trimmed"]["workflow"], once["trimmed"]["dead"]) == (0, 10)
+        assert await ids_in(r, keys.workflow_stream) == ids
+        assert await ids_in(r, keys.dead_stream) == dead[10:]
+        await r.xgroup_create(keys.workflow_stream, GROUP_STATE, id="0")
+        await r.xreadgroup(GROUP_STATE, "c1", {keys.workflow_stream: ">"}, count=4)
+        await r.xack(keys.workflow_stream, GROUP_STATE, *ids[:4])
+        again = await run_once(r, make_settings(stream_retention=86_400.0), store)
+    assert again is not None
+    assert again["trimmed"]["workflow"] == 4
+    assert await ids_in(r, keys.workflow_stream) == ids[4:]
