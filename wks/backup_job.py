@@ -184,10 +184,13 @@ async def take_backup(
         metrics.BACKUPS.labels(backup_type, "failed").inc()
         # recorded like any other failed backup (failedBackups counts it); the store may
         # be what failed too, and the answer on the results stream still goes out
-        with contextlib.suppress(Exception):
+        try:
             failed_id = await log.start(store, backup_type, request_id, lock.token or 0, None,
                                         log.iso(files.utcnow()))
             await log.mark_failed(store, failed_id, str(error))
+        except Exception as record:
+            logger.bind(request_id=request_id).error(
+                "backup failed ({}), and so did recording it in backup_log: {}", error, record)
         raise error from exc
     await sweep(store, directory)
     # a database still finishing a restore's catch-up lacks entries from before that point
