@@ -99,7 +99,8 @@ async def test_create_takes_an_optional_backup_type(api: TestClient, r: aioredis
     """A body may name the backupType (manual without one); an unknown type is a 400 and
     requests nothing."""
     admin = await _headers(settings, r)
-    for body in ({"backupType": "weird"}, ["manual"]):
+    for body in ({"backupType": "weird"}, ["manual"], {"backupType": {}}, {"backupType": []},
+                 {"backupType": ""}, {"backupType": 0}, {"backupType": False}):
         resp = await api.post("/api/backups?wait=0", headers=admin, json=body)
         assert resp.status == 400
         assert (await resp.json())["success"] is False
@@ -108,6 +109,27 @@ async def test_create_takes_an_optional_backup_type(api: TestClient, r: aioredis
                           json={"backupType": "pre-migration"})
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["backup"]["backupType"] == "pre-migration"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_waiter_whose_backup_was_rotated_away_still_gets_its_201(
+        api: TestClient, r: aioredis.Redis, settings: Settings):
+    """With maxBackups 1, each backup rotates the one before away, often before its waiter
+    has seen its row: the waiter finds the outcome on the results stream and answers 201
+    with the backup as it was, instead of waiting out its time and answering 202."""
+    admin = await _headers(settings, r)
+    assert (await api.put("/api/backups/config", headers=admin,
+                          json={"maxBackups": 1})).status == 200
+    answers = await asyncio.gather(*(
+        api.post("/api/backups?wait=20", headers=admin) for _ in range(6)))
+    assert [resp.status for resp in answers] == [201] * 6
+    backups = [(await resp.json())["backup"] for resp in answers]
+    assert len({b["id"] for b in backups}) == 6
+    assert {b["status"] for b in backups} == {"completed"}
+    assert all(b["fileName"].startswith("workstation-backup-") and b["checksum"]
+               for b in backups)
+    listing = await (await api.get("/api/backups", headers=admin)).json()
+    assert [b["id"] for b in listing["backups"]] == [max(b["id"] for b in backups)]
 
 
 async def test_create_without_a_worker_answers_202_at_once(api: TestClient, r: aioredis.Redis,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -17,15 +18,22 @@ from redis.exceptions import RedisError
 
 from wks import backup_job
 from wks import backup_log as log
-from wks.errors import BackupError, NotFound
-from wks.events import BACKUP_TYPES
+from wks.errors import BackupError, BadEventError, NotFound
+from wks.events import (
+    BACKUP_TYPES,
+    BackupCompleted,
+    BackupFailed,
+    decode_any,
+    now_ms,
+    split_entry_id,
+)
 from wks.http import openapi as oa
 from wks.http.auth import REDIS_TIMEOUT, require_admin
 from wks.http.context import PRODUCER, REDIS, SETTINGS, STORE
 from wks.http.errors import ApiError
-from wks.keys import GROUP_BACKUP
+from wks.keys import EVENT_FIELD, GROUP_BACKUP
 from wks.liveness import running_consumers
-from wks.redis import REDIS_DOWN
+from wks.redis import REDIS_DOWN, text
 
 routes = web.RouteTableDef()
 
@@ -88,10 +96,12 @@ async def _backup_type(request: web.Request) -> str:
         return "manual"
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object (or absent)")
-    kind = body.get("backupType") or "manual"  # absent or null: the default
-    if kind not in BACKUP_TYPES:
+    kind = body.get("backupType")
+    if kind is None:  # absent or null: the default
+        return "manual"
+    if not isinstance(kind, str) or kind not in BACKUP_TYPES:
         raise ApiError(400, f"backupType must be one of {', '.join(BACKUP_TYPES)}")
-    return str(kind)
+    return kind
 
 
 @routes.post("/api/backups")
@@ -100,15 +110,16 @@ async def create_backup(request: web.Request) -> web.Response:
     wait = _wait(request)
     kind = await _backup_type(request)
     try:
-        rid, _entry = await request.app[PRODUCER].request_backup(
+        rid, entry = await request.app[PRODUCER].request_backup(
             backup_type=kind, requested_by=principal.sub)
         running = wait > 0 and await _worker_running(request)
     except REDIS_DOWN:
         raise ApiError(503, "Redis unreachable: backup not requested") from None
     store = request.app[STORE]
+    outcomes = _Outcomes(request, split_entry_id(entry)[0] if entry else now_ms() - 60_000)
     deadline = time.monotonic() + wait
     while running:
-        row = await log.by_request(store, rid)
+        row = await log.by_request(store, rid) or await outcomes.find(rid)
         if row is not None:
             if row["status"] == "completed":
                 return web.json_response({"success": True, "message": "Backup completed",
@@ -120,6 +131,56 @@ async def create_backup(request: web.Request) -> web.Response:
         await asyncio.sleep(0.1)  # polling the log: the result is committed by another process
     return web.json_response({"success": True, "message": "Backup requested",
                               "requestId": rid}, status=202)
+
+
+class _Outcomes:
+    """The results stream, read forward from the request's time, for the request's outcome.
+    A backup that completed and was rotated away (more backups finished meanwhile than
+    `maxBackups`) before the waiter saw its row is known only there."""
+
+    PAGE = 500
+
+    def __init__(self, request: web.Request, since_ms: int) -> None:
+        self.redis = request.app[REDIS]
+        self.stream = request.app[SETTINGS].keys.results_stream
+        self.cursor = f"{since_ms}-0"
+
+    async def find(self, request_id: str) -> dict[str, Any] | None:
+        """The outcome as a backup_log row, once a worker has published it; else None."""
+        try:
+            while True:
+                rows = await self.redis.xrange(self.stream, min=self.cursor, max="+",
+                                               count=self.PAGE)
+                for entry_id, fields in rows:
+                    self.cursor = f"({text(entry_id)}"
+                    row = _outcome_row(fields.get(EVENT_FIELD, b""), request_id)
+                    if row is not None:
+                        return row
+                if len(rows) < self.PAGE:
+                    return None
+        except (*REDIS_DOWN, RedisError):
+            return None  # the row may still be found; the wait ends at its deadline anyway
+
+
+def _outcome_row(raw: bytes, request_id: str) -> dict[str, Any] | None:
+    """A result event of `request_id`'s backup, as the row it described (None otherwise)."""
+    try:
+        event = decode_any(raw)
+    except BadEventError:
+        return None
+    if not isinstance(event, BackupCompleted | BackupFailed) or event.request_id != request_id:
+        return None
+    done = datetime.fromtimestamp(event.ts / 1000, UTC)
+    if isinstance(event, BackupFailed):
+        return {"id": event.backup_id, "backup_type": event.backup_type, "file_path": None,
+                "file_size_bytes": None, "started_at": None, "completed_at": log.iso(done),
+                "status": "failed", "error_message": event.error, "checksum": None,
+                "request_id": request_id, "verified_at": None}
+    return {"id": event.backup_id, "backup_type": event.backup_type,
+            "file_path": event.file_path, "file_size_bytes": event.file_size_bytes,
+            "started_at": log.iso(done - timedelta(milliseconds=event.duration_ms)),
+            "completed_at": log.iso(done), "status": "completed", "error_message": None,
+            "checksum": event.checksum, "request_id": request_id, "verified_at": None}
 
 
 @routes.get("/api/backups")
