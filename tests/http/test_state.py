@@ -321,3 +321,21 @@ async def test_sse_client_that_leaves_is_not_a_server_error(
         "200": 1, "499": 0, "500": 0}
     assert [rec.getMessage() for rec in caplog.records
             if rec.levelname in ("ERROR", "CRITICAL")] == []
+
+
+async def test_sse_after_answers_anothers_execution_as_a_missing_one(
+        client, admin, token, producer, fold, monkeypatch):
+    """With ?after= of an applied entry, the SSE route answers a user's 404 for another's
+    execution as for one that does not exist: at once, not after the wait for an execution
+    to appear (which would tell that it exists)."""
+    from wks.http.routes import state as state_routes
+
+    monkeypatch.setattr(state_routes, "SSE_APPEAR_WAIT", 120.0)  # would outlast the check
+    entry = await producer.started("roots", "etl", 2, owner="root")
+    await fold()
+    alice = bearer(await token("alice", "user"))
+    for eid in ("roots", "nobodys"):
+        resp = await asyncio.wait_for(
+            client.get(f"{BASE}/{eid}/events?after={entry}&wait=5", headers=alice), 20)
+        assert resp.status == 404, eid
+        assert (await resp.json())["error"] == "execution not found"

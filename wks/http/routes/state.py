@@ -201,8 +201,12 @@ async def state_events(request: web.Request) -> web.StreamResponse:
     after, wait = _wait_params(request.query)
     exists, owner = await queries.owner_of(store, execution_id)
     if exists and not visible(principal, owner):
-        # as long as for one that does not exist: the time must not tell which it is
-        await wait_stop(request.app[SHUTDOWN], SSE_APPEAR_WAIT)
+        # as long as for one that does not exist, which waits for `after` if given, else for
+        # the execution to appear: the time must not tell which it is
+        if after is not None:
+            await _await_entry(request, after, wait)
+        else:
+            await wait_stop(request.app[SHUTDOWN], SSE_APPEAR_WAIT)
         raise not_found()
     if after is not None:
         await _await_entry(request, after, wait)
@@ -265,7 +269,8 @@ def _after_params(what: str) -> list[dict[str, Any]]:
          "description": f"{what} only once this stream entry has been applied"},
         {"name": "wait", "in": "query", "required": False,
          "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-         "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g})"},
+         "description": f"seconds to wait for `after` (default {DEFAULT_WAIT:g}); only with "
+                        "`after` (alone it is a 400)"},
     ]
 
 
