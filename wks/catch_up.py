@@ -20,10 +20,11 @@ from loguru import logger
 
 from wks.aio import wait_stop
 from wks.events import split_entry_id
-from wks.keys import Keys
-from wks.redis import REDIS_DOWN, Backoff
+from wks.keys import GROUP_STATE, Keys
+from wks.redis import REDIS_DOWN, Backoff, text
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
+from wks.stream_stats import stream_groups
 
 
 def earlier(a: str, b: str | None) -> str:
@@ -33,6 +34,26 @@ def earlier(a: str, b: str | None) -> str:
     if "-" in (a, b):
         return "-"
     return min(a, b, key=split_entry_id)
+
+
+async def unreachable(redis: aioredis.Redis, keys: Keys, start: str) -> str | None:
+    """Why the workflow stream cannot hold what a catch-up from `start` must fold, or None.
+    The state group had read up to `start` when the backup was taken, and a group only moves
+    forward: a group missing, or behind `start`, means this Redis is not the one the backup
+    was taken against, or lost its data (an empty one looks like a stream with nothing new
+    to replay). Entries trimmed by age are not asked about: SPEC's catch-up folds what is
+    still in the stream."""
+    if start == "-":
+        return None
+    for group in await stream_groups(redis, keys.workflow_stream):
+        if text(group["name"]) == GROUP_STATE:
+            last = text(group["last-delivered-id"])
+            if split_entry_id(last) < split_entry_id(start):
+                return (f"the workflow stream's {GROUP_STATE!r} group has read up to {last}, "
+                        f"short of the backup's safe point {start}")
+            return None
+    return (f"the workflow stream has no {GROUP_STATE!r} group, so it cannot be the one the "
+            f"backup's safe point {start} was taken in")
 
 
 async def mark(store: Store, replay_from: str, backup: str) -> None:

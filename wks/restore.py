@@ -230,6 +230,13 @@ async def restore(
         if not sound:
             raise BackupError("restore", path.name, "restored copy failed integrity_check")
         own_point = await _own_safe_point(temp)
+        start = row.get("replay_from") or own_point or (
+            _ms_bound(row["started_at"]) if row.get("started_at") else "-")
+        gap = None if force else await catch_up.unreachable(redis, settings.keys, start)
+        if gap is not None:
+            raise BackupError("restore", path.name, f"{gap}: the catch-up would replay none "
+                              "of the events after the backup. Start the Redis the backup "
+                              "was taken against, or use --force to restore without them")
         safety_id: int | None = None
         try:
             if current is None:
@@ -242,8 +249,6 @@ async def restore(
                 raise BackupError("restore", db_path.name, f"safety backup failed ({exc}); "
                                   "use --force to restore without one") from exc
             logger.warning("restoring without a safety backup: {}", exc)
-        start = row.get("replay_from") or own_point or (
-            _ms_bound(row["started_at"]) if row.get("started_at") else "-")
         await _carry_over(temp, current, settings.backup_dir, start,
                           str(backup_id or path.name))
         if current is not None:

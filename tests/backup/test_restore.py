@@ -125,6 +125,27 @@ async def test_restore_round_trip_equals_the_state_before_the_disaster(
                                             (result.safety_backup_id, "pre-migration")]
 
 
+async def test_restore_refuses_a_redis_whose_stream_does_not_reach_the_backup(
+    r: aioredis.Redis, settings: Settings
+):
+    """Against a Redis that lost the stream (restarted empty, or another server), the
+    catch-up would fold nothing and the events after the backup would be gone without a
+    word: restore refuses and leaves the database alone; --force restores anyway."""
+    backup_id, _late, before = await _prepare(r, settings)
+    await r.delete(settings.keys.workflow_stream)  # as a Redis that came up empty
+    with pytest.raises(BackupError, match=r"has no 'state' group.*use --force"):
+        await restore(settings, r, backup_id)
+    assert await _states(settings.db_path) == before
+    # a group that restarted from scratch is no better
+    await r.xgroup_create(settings.keys.workflow_stream, GROUP_STATE, id="0", mkstream=True)
+    with pytest.raises(BackupError, match=r"has read up to 0-0, short of the backup's safe"):
+        await restore(settings, r, backup_id)
+    forced = await restore(settings, r, backup_id, force=True)
+    assert forced is not None
+    assert forced.replayed == 0
+    assert len(await _states(settings.db_path)) == 30  # the backup's; the 40 after it are lost
+
+
 async def test_restore_refuses_while_a_state_consumer_runs(
     r: aioredis.Redis, settings: Settings
 ):
