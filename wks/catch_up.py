@@ -20,11 +20,10 @@ from loguru import logger
 
 from wks.aio import wait_stop
 from wks.events import split_entry_id
-from wks.keys import GROUP_STATE, Keys
+from wks.keys import Keys
 from wks.redis import REDIS_DOWN, Backoff, text
 from wks.replay import FoldStats, fold_range
 from wks.store import Store
-from wks.stream_stats import stream_groups
 
 
 def earlier(a: str, b: str | None) -> str:
@@ -36,24 +35,29 @@ def earlier(a: str, b: str | None) -> str:
     return min(a, b, key=split_entry_id)
 
 
-async def unreachable(redis: aioredis.Redis, keys: Keys, start: str) -> str | None:
+async def unreachable(
+    redis: aioredis.Redis, keys: Keys, start: str, *, exact: bool = True
+) -> str | None:
     """Why the workflow stream cannot hold what a catch-up from `start` must fold, or None.
-    The state group had read up to `start` when the backup was taken, and a group only moves
-    forward: a group missing, or behind `start`, means this Redis is not the one the backup
-    was taken against, or lost its data (an empty one looks like a stream with nothing new
-    to replay). Entries trimmed by age are not asked about: SPEC's catch-up folds what is
-    still in the stream."""
+
+    Retention never trims an entry a group has not read, so when the backup was taken the
+    stream held its safe point `start` (an entry id, `exact`) or something before it; a
+    stream whose oldest entry is now past it lost entries after the backup: trimmed by age
+    (the backup is older than `streamRetention`), or this is not the Redis the backup was
+    taken against (one that came up empty holds only what was published since). A stream
+    trimmed to exactly the safe point reads the same, and is refused too (`--force`). For a
+    start that is only a time (backups from before safe points were recorded), an empty or
+    missing stream is refused, and nothing more can be told."""
     if start == "-":
         return None
-    for group in await stream_groups(redis, keys.workflow_stream):
-        if text(group["name"]) == GROUP_STATE:
-            last = text(group["last-delivered-id"])
-            if split_entry_id(last) < split_entry_id(start):
-                return (f"the workflow stream's {GROUP_STATE!r} group has read up to {last}, "
-                        f"short of the backup's safe point {start}")
-            return None
-    return (f"the workflow stream has no {GROUP_STATE!r} group, so it cannot be the one the "
-            f"backup's safe point {start} was taken in")
+    oldest = await redis.xrange(keys.workflow_stream, min="-", max="+", count=1)
+    if not oldest:
+        return f"the workflow stream is empty or missing, where a replay from {start} is due"
+    first = text(oldest[0][0])
+    if exact and split_entry_id(first) > split_entry_id(start):
+        return (f"the workflow stream's oldest entry {first} is past the backup's safe point "
+                f"{start}: the entries between were trimmed by age, or this Redis lost them")
+    return None
 
 
 async def mark(store: Store, replay_from: str, backup: str) -> None:

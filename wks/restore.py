@@ -230,13 +230,14 @@ async def restore(
         if not sound:
             raise BackupError("restore", path.name, "restored copy failed integrity_check")
         own_point = await _own_safe_point(temp)
-        start = row.get("replay_from") or own_point or (
-            _ms_bound(row["started_at"]) if row.get("started_at") else "-")
-        gap = None if force else await catch_up.unreachable(redis, settings.keys, start)
+        exact = row.get("replay_from") or own_point  # an entry id; else a time, or '-'
+        start = exact or (_ms_bound(row["started_at"]) if row.get("started_at") else "-")
+        gap = None if force else await catch_up.unreachable(
+            redis, settings.keys, start, exact=bool(exact))
         if gap is not None:
-            raise BackupError("restore", path.name, f"{gap}: the catch-up would replay none "
-                              "of the events after the backup. Start the Redis the backup "
-                              "was taken against, or use --force to restore without them")
+            raise BackupError("restore", path.name, f"{gap}: the catch-up cannot give back the "
+                              "events after the backup. Restore a newer backup, or start the "
+                              "Redis it was taken against; --force restores without them")
         safety_id: int | None = None
         try:
             if current is None:

@@ -128,22 +128,35 @@ async def test_restore_round_trip_equals_the_state_before_the_disaster(
 async def test_restore_refuses_a_redis_whose_stream_does_not_reach_the_backup(
     r: aioredis.Redis, settings: Settings
 ):
-    """Against a Redis that lost the stream (restarted empty, or another server), the
-    catch-up would fold nothing and the events after the backup would be gone without a
-    word: restore refuses and leaves the database alone; --force restores anyway."""
-    backup_id, _late, before = await _prepare(r, settings)
-    await r.delete(settings.keys.workflow_stream)  # as a Redis that came up empty
-    with pytest.raises(BackupError, match=r"has no 'state' group.*use --force"):
+    """Against a Redis that lost the stream (restarted empty, another server), the catch-up
+    would give back none of the events after the backup, without a word: restore refuses
+    and leaves the database alone, also once a worker has recreated the group there and
+    read new events; a stream trimmed past the safe point likewise. --force restores."""
+    backup_id, first_late, before = await _prepare(r, settings)
+    stream = settings.keys.workflow_stream
+    kept = await r.xrange(stream)
+    await r.delete(stream)  # as a Redis that came up empty
+    with pytest.raises(BackupError, match=r"stream is empty or missing.*--force restores"):
         await restore(settings, r, backup_id)
     assert await _states(settings.db_path) == before
-    # a group that restarted from scratch is no better
-    await r.xgroup_create(settings.keys.workflow_stream, GROUP_STATE, id="0", mkstream=True)
-    with pytest.raises(BackupError, match=r"has read up to 0-0, short of the backup's safe"):
+    # a worker started there recreates its group and reads what is published since
+    await r.xgroup_create(stream, GROUP_STATE, id="0", mkstream=True)
+    await _emit(r, settings, _wave(70, 1, 4_000))
+    await r.xreadgroup(GROUP_STATE, "new", {stream: ">"})
+    with pytest.raises(BackupError, match=r"oldest entry .* is past the backup's safe point"):
+        await restore(settings, r, backup_id)
+    assert await _states(settings.db_path) == before
+    # the right stream, but trimmed by age past the safe point
+    await r.delete(stream)
+    for entry_id, fields in kept:
+        await r.xadd(stream, fields, id=entry_id)
+    ms, seq = first_late.split("-")  # the first entry not folded at the backup: its safe point
+    await r.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+    with pytest.raises(BackupError, match=r"trimmed by age, or this Redis lost them"):
         await restore(settings, r, backup_id)
     forced = await restore(settings, r, backup_id, force=True)
     assert forced is not None
-    assert forced.replayed == 0
-    assert len(await _states(settings.db_path)) == 30  # the backup's; the 40 after it are lost
+    assert await _states(settings.db_path) != before  # the trimmed event is lost
 
 
 async def test_restore_refuses_while_a_state_consumer_runs(
@@ -236,7 +249,9 @@ async def test_a_crash_during_restore_leaves_a_sound_database(
     backup_id, _late, before = await _prepare(r, settings)
     await _disaster(settings.db_path)
     rng = random.Random(7)
-    env = env_for(settings)
+    # a restore killed while its safety backup holds lock `backup` leaves it to its TTL: the
+    # next one waits that long (and says so), so the TTL is short here
+    env = env_for(settings, WKS_LOCK_TTL="3s")
     for _run in range(3):
         proc = await asyncio.create_subprocess_exec(
             *WKS, "restore", str(backup_id), "--yes", env=env, cwd=ROOT,

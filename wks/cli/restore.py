@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "(when the database and its backup log are lost)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true",
-                   help="restore even with state consumers running or without a safety backup")
+                   help="restore even with state consumers running, without a safety backup, "
+                   "or when the stream no longer holds the events after the backup (they are "
+                   "then lost)")
     p.set_defaults(func=run)
 
 
