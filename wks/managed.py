@@ -99,7 +99,8 @@ def start_managed(var_dir: Path, preferred_port: int = 6379, wait: float = OWNER
         port = preferred_port if port_is_free(preferred_port) else free_port()
         server = RedisServer(binary, var_dir / MANAGED_DIR, port).start()
         assert server.proc is not None
-        managed_binary.record(var_dir, binary)
+        if (line := managed_binary.newer_record(var_dir, binary)) is not None:
+            _write(var_dir / managed_binary.RECORD, line)
         _write(var_dir / _PID, str(server.proc.pid))
         _write(var_dir / "redis.url", server.url)
     except BaseException:

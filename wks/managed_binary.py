@@ -66,15 +66,14 @@ def recorded(var_dir: Path) -> tuple[Path, tuple[int, int, int]] | None:
     return Path(path), (major, minor, patch)
 
 
-def record(var_dir: Path, binary: Path) -> None:
-    """Remember the newest version that has run this directory's data (`binary` now)."""
+def newer_record(var_dir: Path, binary: Path) -> str | None:
+    """The record to write (under RECORD) now that `binary` runs this directory's data, if
+    it is newer than the one there: the newest version that ran the data is kept."""
     version = server_version(binary)
     last = recorded(var_dir)
     if version is None or (last is not None and last[1] >= version):
-        return
-    tmp = var_dir / f".{RECORD}.tmp"
-    tmp.write_text(f"{binary.absolute()}\t{_text(version)}\n")
-    tmp.replace(var_dir / RECORD)
+        return None
+    return f"{binary.absolute()}\t{_text(version)}"
 
 
 def choose(var_dir: Path, data_dir: Path) -> Path:
