@@ -125,38 +125,49 @@ async def test_restore_round_trip_equals_the_state_before_the_disaster(
                                             (result.safety_backup_id, "pre-migration")]
 
 
-async def test_restore_refuses_a_redis_whose_stream_does_not_reach_the_backup(
+async def test_restore_says_when_the_stream_no_longer_reaches_the_backup(
     r: aioredis.Redis, settings: Settings
 ):
-    """Against a Redis that lost the stream (restarted empty, another server), the catch-up
-    would give back none of the events after the backup, without a word: restore refuses
-    and leaves the database alone, also once a worker has recreated the group there and
-    read new events; a stream trimmed past the safe point likewise. --force restores."""
+    """SPEC 7 restores state for every event still in the stream. When the stream lacks
+    events after the backup (a Redis that came up empty, also once a worker has recreated
+    the group there and read new events; a stream trimmed past the safe point), the restore
+    goes ahead and says so; with the whole stream there, it says nothing."""
     backup_id, first_late, before = await _prepare(r, settings)
     stream = settings.keys.workflow_stream
     kept = await r.xrange(stream)
     await r.delete(stream)  # as a Redis that came up empty
-    with pytest.raises(BackupError, match=r"stream is empty or missing.*--force restores"):
-        await restore(settings, r, backup_id)
-    assert await _states(settings.db_path) == before
+    result = await restore(settings, r, backup_id)
+    assert result is not None
+    assert result.gap is not None
+    assert result.gap.startswith("the workflow stream is empty or missing")
+    assert len(await _states(settings.db_path)) == 30  # the backup's; the 40 after it are lost
     # a worker started there recreates its group and reads what is published since
     await r.xgroup_create(stream, GROUP_STATE, id="0", mkstream=True)
     await _emit(r, settings, _wave(70, 1, 4_000))
     await r.xreadgroup(GROUP_STATE, "new", {stream: ">"})
-    with pytest.raises(BackupError, match=r"oldest entry .* is past the backup's safe point"):
-        await restore(settings, r, backup_id)
-    assert await _states(settings.db_path) == before
+    result = await restore(settings, r, backup_id)
+    assert result is not None
+    assert result.gap is not None
+    assert "is past the backup's safe point" in result.gap
     # the right stream, but trimmed by age past the safe point
     await r.delete(stream)
     for entry_id, fields in kept:
         await r.xadd(stream, fields, id=entry_id)
     ms, seq = first_late.split("-")  # the first entry not folded at the backup: its safe point
     await r.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
-    with pytest.raises(BackupError, match=r"trimmed by age, or this Redis lost them"):
-        await restore(settings, r, backup_id)
-    forced = await restore(settings, r, backup_id, force=True)
-    assert forced is not None
+    result = await restore(settings, r, backup_id)
+    assert result is not None
+    assert result.gap is not None
+    assert "trimmed by age, or this Redis lost them" in result.gap
     assert await _states(settings.db_path) != before  # the trimmed event is lost
+    # the whole stream: nothing to say
+    await r.delete(stream)
+    for entry_id, fields in kept:
+        await r.xadd(stream, fields, id=entry_id)
+    result = await restore(settings, r, backup_id)
+    assert result is not None
+    assert result.gap is None
+    assert await _states(settings.db_path) == before
 
 
 async def test_restore_refuses_while_a_state_consumer_runs(

@@ -26,9 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "(when the database and its backup log are lost)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true",
-                   help="restore even with state consumers running, without a safety backup, "
-                   "or when the stream no longer holds the events after the backup (they are "
-                   "then lost)")
+                   help="restore even with state consumers running or without a safety backup")
     p.set_defaults(func=run)
 
 
@@ -71,4 +69,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     print(f"restored backup {result.backup_id or args.file} ({safety}); replayed "
           f"{result.replayed} "
           f"stream entries from {result.replay_from}")
+    if result.gap is not None:
+        print(f"wks restore: warning: {result.gap}; the events after the backup that it "
+              f"lacked are not restored (undo with the safety backup)", file=sys.stderr)
     return 0
