@@ -178,11 +178,3 @@ async def replay_into(
         entries=folded.entries, applied=folded.applied, bad=folded.bad,
         first_id=folded.first_entry_id, last_id=folded.last_entry_id,
         seconds=time.perf_counter() - started)
-
-
-async def next_or_none(it: AsyncIterator[Any]) -> Any:
-    """The next item of an async iterator, or None when it is exhausted."""
-    try:
-        return await it.__anext__()
-    except StopAsyncIteration:
-        return None

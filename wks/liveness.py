@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from wks.aio import wait_stop
 from wks.keys import Keys
-from wks.redis import REDIS_DOWN, text
+from wks.redis import REDIS_DOWN, REDIS_UNWELL, text
 
 LIVE_TTL_MS = 10_000  # a consumer whose heartbeat is older than this is taken for gone
 BEAT_EVERY = 2.0  # seconds between two heartbeats: four can fail before the key expires
@@ -85,7 +85,7 @@ class Heartbeat:
 
     async def clear(self, timeout: float = 1.0) -> None:
         """On a clean stop: gone at once, not LIVE_TTL_MS later. Best effort, bounded."""
-        with contextlib.suppress(*REDIS_DOWN, ResponseError, TimeoutError):
+        with contextlib.suppress(*REDIS_UNWELL):
             async with asyncio.timeout(timeout):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.delete(self.key)

@@ -37,6 +37,9 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+# a call that got no usable answer: the above, an error reply (a server loading its data,
+# out of memory, a failing disk) or a caller's own timeout
+REDIS_UNWELL: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError, TimeoutError)
 
 
 def scripts_refused(exc: ResponseError) -> bool:

@@ -28,7 +28,6 @@ from wks.audit import (
     columns_state,
     diff_fields,
     fold_state,
-    next_or_none,
     parse_id,
 )
 from wks.events import INT64_MAX
@@ -233,21 +232,21 @@ async def verify(
     report = VerifyReport()
     folds = scratch.iter_folds(page)
     rows = _rows(live, execution, page)
-    fold = await next_or_none(folds)
-    row = await next_or_none(rows)
+    fold = await anext(folds, None)
+    row = await anext(rows, None)
     while fold is not None or row is not None:
         if row is None or (fold is not None and fold.execution_id < row[0]):
             if execution is None or fold.execution_id == execution:
                 report.missing_live += 1
                 report.add(Difference(fold.execution_id, "missing-live"))
-            fold = await next_or_none(folds)
+            fold = await anext(folds, None)
         elif fold is None or row[0] < fold.execution_id:
             await _untouched(live, row, cov, report)
-            row = await next_or_none(rows)
+            row = await anext(rows, None)
         else:
             await _compare(live, row, fold, cov, report)
-            fold = await next_or_none(folds)
-            row = await next_or_none(rows)
+            fold = await anext(folds, None)
+            row = await anext(rows, None)
         if on_row is not None:
             on_row(1)
     return report

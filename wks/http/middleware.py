@@ -19,14 +19,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.typedefs import Middleware
 from loguru import logger
-from redis.exceptions import ResponseError
 
 from wks import metrics
 from wks.http.auth import DEGRADED_WARNING, PRINCIPAL, REDIS_TIMEOUT, authenticate
 from wks.http.context import LIMITER, REDIS, SETTINGS
 from wks.http.errors import ApiError, error_response
 from wks.http.ratelimit import Verdict
-from wks.redis import REDIS_DOWN
+from wks.redis import REDIS_UNWELL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,7 +33,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 SESSION_CHECKED = web.RequestKey("session_checked", bool)
 VERDICT: web.RequestKey[Verdict | None] = web.RequestKey("ratelimit_verdict")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, ResponseError, TimeoutError)
 CLIENT_CLOSED = 499  # the status counted for a request whose client left before its answer
 PUBLIC = frozenset({"/health", "/metrics"})  # route templates served without a token
 _KEEP_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -153,7 +151,7 @@ async def ratelimit_mw(request: web.Request, handler: Handler) -> web.StreamResp
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 verdict = await request.app[LIMITER].hit(principal.sub)
-        except _DOWN as exc:
+        except REDIS_UNWELL as exc:
             # reads must survive a Redis outage; writes fail later on publish anyway
             logger.warning("rate limit not checked, Redis down: {}", exc)
             return await handler(request)

@@ -24,7 +24,7 @@ from wks.http import queries
 from wks.http.auth import principal_of, visible
 from wks.http.context import PRODUCER, REDIS, SETTINGS, SHUTDOWN, STORE
 from wks.http.errors import ApiError, not_found
-from wks.redis import REDIS_DOWN, text
+from wks.redis import REDIS_DOWN, REDIS_UNWELL, text
 from wks.state import TERMINAL
 
 routes = web.RouteTableDef()
@@ -101,7 +101,7 @@ async def _dead_lettered(request: web.Request, entry_id: str) -> str:
         rows = await asyncio.wait_for(request.app[REDIS].xrange(
             keys.dead_stream, min=f"{split_entry_id(entry_id)[0]}-0", max="+", count=DEAD_SCAN),
             DEAD_SCAN_TIMEOUT)
-    except (*REDIS_DOWN, ResponseError, TimeoutError):
+    except REDIS_UNWELL:
         return ""  # the answer is the timeout either way
     wanted = {b"stream": keys.workflow_stream.encode(), b"entryId": entry_id.encode()}
     for _, fields in rows:
