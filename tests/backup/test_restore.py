@@ -170,6 +170,36 @@ async def test_restore_says_when_the_stream_no_longer_reaches_the_backup(
     assert await _states(settings.db_path) == before
 
 
+async def test_wks_restore_warns_in_one_line_on_stderr(r: aioredis.Redis, settings: Settings):
+    """The command line: a restore against a stream that lacks events after the backup exits
+    0 and ends with one warning line on stderr; with the whole stream there, none."""
+    backup_id, _late, before = await _prepare(r, settings)
+    stream = settings.keys.workflow_stream
+    kept = await r.xrange(stream)
+    await r.delete(stream)
+
+    async def wks_restore() -> tuple[int, str, list[str]]:
+        proc = await asyncio.create_subprocess_exec(
+            *WKS, "restore", str(backup_id), "--yes", env=env_for(settings), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        warnings = [line for line in err.decode().splitlines()
+                    if line.startswith("wks restore: warning:")]
+        return proc.returncode or 0, out.decode(), warnings
+
+    code, out, warnings = await wks_restore()
+    assert code == 0
+    assert out.startswith(f"restored backup {backup_id} (safety backup ")
+    assert len(warnings) == 1
+    assert "the workflow stream is empty or missing" in warnings[0]
+    assert warnings[0].endswith("(undo with the safety backup)")
+    for entry_id, fields in kept:
+        await r.xadd(stream, fields, id=entry_id)
+    code, _out, warnings = await wks_restore()
+    assert (code, warnings) == (0, [])
+    assert await _states(settings.db_path) == before
+
+
 async def test_restore_refuses_while_a_state_consumer_runs(
     r: aioredis.Redis, settings: Settings
 ):
