@@ -9,6 +9,7 @@ wks/verify.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -113,12 +114,9 @@ def parse_id(text: str) -> EntryId:
 
 
 @dataclass
-class ReplayStats:
-    entries: int = 0  # stream entries read
-    applied: int = 0  # valid workflow events folded (after the --execution filter)
-    bad: int = 0  # entries that do not decode or fail alone (the consumers dead-letter them)
-    first_id: str | None = None
-    last_id: str | None = None
+class ReplayStats(FoldStats):
+    """A finished replay's counts (`wks.replay.FoldStats`) and how long it took."""
+
     seconds: float = 0.0
 
 
@@ -174,7 +172,4 @@ async def replay_into(
 
     folded = await fold_range(redis, stream, store, start, end, page=page,
                               execution=execution, on_page=paged)
-    return ReplayStats(
-        entries=folded.entries, applied=folded.applied, bad=folded.bad,
-        first_id=folded.first_entry_id, last_id=folded.last_entry_id,
-        seconds=time.perf_counter() - started)
+    return ReplayStats(**dataclasses.asdict(folded), seconds=time.perf_counter() - started)

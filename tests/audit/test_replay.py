@@ -317,7 +317,7 @@ async def test_replay_into_reports_pages_ids_and_counts(
                                       on_page=pages.append)
         assert pages == [100] * (total // 100) + [total % 100]
         assert (stats.entries, stats.applied, stats.bad) == (total, applied, 1)
-        assert (stats.first_id, stats.last_id) == (first, last)
+        assert (stats.first_entry_id, stats.last_entry_id) == (first, last)
         assert stats.seconds > 0
 
 

@@ -121,7 +121,7 @@ async def _main(args: argparse.Namespace, settings: Settings, start: str, end: s
 
 def _summary(stats: ReplayStats, executions: int) -> str:
     rate = stats.entries / stats.seconds if stats.seconds > 0 else 0.0
-    span = f" ({stats.first_id} .. {stats.last_id})" if stats.first_id else ""
+    span = f" ({stats.first_entry_id} .. {stats.last_entry_id})" if stats.first_entry_id else ""
     return (f"replay: {stats.entries} entries{span}, {stats.applied} folded, {stats.bad} bad, "
             f"{executions} executions, {stats.seconds:.2f}s ({rate:,.0f} entries/s)")
 
