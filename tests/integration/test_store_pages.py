@@ -28,16 +28,19 @@ async def _fold(store: Store, entries: list[StreamEntry]) -> None:
         await store.apply_batch(entries[start:start + 700])
 
 
+OTHER = 16384  # a page size other than the store's
+
+
 async def test_a_new_database_has_the_store_page_size(tmp_path: Path) -> None:
-    assert PAGE_SIZE != 4096  # else the test below proves nothing
+    assert PAGE_SIZE != OTHER  # else the test below proves nothing
     async with await Store.open(tmp_path / "new.db") as store:
         assert await _pragmas(store) == (PAGE_SIZE, CHECKPOINT_BYTES // PAGE_SIZE)
 
 
 async def test_an_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
     old, new = tmp_path / "old.db", tmp_path / "new.db"
-    with sqlite3.connect(old) as db:  # as a store before the page size was set
-        db.execute("PRAGMA page_size = 4096")
+    with sqlite3.connect(old) as db:  # made elsewhere, or converted by hand
+        db.execute(f"PRAGMA page_size = {OTHER}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("CREATE TABLE earlier (x)")
     entries = _entries()
@@ -48,8 +51,8 @@ async def test_an_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
             states = {eid: await store.get_state(eid) for eid in expected}
             assert states == {eid: to_state(f) for eid, f in expected.items()}
             if path == old:
-                assert await _pragmas(store) == (4096, CHECKPOINT_BYTES // 4096)
+                assert await _pragmas(store) == (OTHER, CHECKPOINT_BYTES // OTHER)
     # and opened again, each is still what it was created as
-    for path, size in ((old, 4096), (new, PAGE_SIZE)):
+    for path, size in ((old, OTHER), (new, PAGE_SIZE)):
         async with await Store.open(path) as store:
             assert (await _pragmas(store))[0] == size
