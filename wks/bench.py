@@ -121,6 +121,9 @@ class Report:
             add("fold events/s (2 processes)", d.get("fold2_eps"),
                 f"ratio {rat.get('fold2_vs_fold')}x, state equal: {d.get('fold2_correct')}")
         add("replay events/s", d.get("replay_eps"), f"ratio {rat.get('replay_vs_fold')}x fold")
+        if d.get("history_events"):
+            add("latency history", f"{d['history_events']:,} events / "
+                f"{d['history_executions']:,} executions", "events sent to them at random")
         naive_lat = base.get("naive_latencies", [])
         vs_naive = rat.get("latencies_p99_vs_naive", [])
         for i, lat in enumerate(d.get("latencies", [])):

@@ -116,3 +116,16 @@ def test_bench_with_a_missing_dir_says_so(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"wks bench: --dir {tmp_path / 'nope'}: no such directory"
+
+
+def test_bench_history_sends_the_latency_events_to_a_history(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With --history both latency phases still see every event they published committed,
+    and the report says how large the history was."""
+    out, _ = _bench(redis_url, tmp_path, "--history", "3000")
+    assert (out["history_events"], out["history_executions"]) == (3000, 300)
+    assert [x["samples"] for x in out["latencies"]] == [200, 400]
+    assert [x["samples"] for x in out["baseline"]["naive_latencies"]] == [200, 400]
+    assert "fold2_eps" not in out
+    assert "fold2_vs_fold" not in out["ratios"]

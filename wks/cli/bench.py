@@ -52,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "measured one after the other (default 1000,20000)")
     p.add_argument("--latency-seconds", type=float, default=3.0, metavar="S",
                    help="how long each latency rate runs (default 3)")
+    p.add_argument("--history", type=int, default=0, metavar="H",
+                   help="before the latency phases, fold H events over H/10 executions into "
+                   "their files, and send their events to those executions at random, as a "
+                   "database that has run a while sees them (default 0: new executions)")
     p.add_argument("--second-process", action="store_true",
                    help="also fold with two consumer processes and check the state is equal")
     p.add_argument("--api", action="store_true",
@@ -68,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.events < 1 or args.executions < 1:
         print("wks bench: --events and --executions must be at least 1", file=sys.stderr)
+        return 2
+    if args.history < 0:
+        print("wks bench: --history must be 0 or more", file=sys.stderr)
         return 2
     if args.dir is not None and not args.dir.is_dir():
         print(f"wks bench: --dir {args.dir}: no such directory", file=sys.stderr)
@@ -101,6 +108,8 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> Report:
             from wks.cli.bench_fold2 import second_process_phase
 
             extra = await second_process_phase(b, prod["published"])
+        if args.history:
+            extra.update(await phases.history_phase(b, args.history))
         # the naive consumer at every rate, right after the real one: the same hour's ruler
         latencies, naive_latencies = [], []
         for r in args.rate:
@@ -158,8 +167,8 @@ def _fill(
         "latency_p99_vs_naive": vs_naive[0],  # the first rate's, as before there were several
         "latencies_p99_vs_naive": vs_naive,
     }
-    if extra:
-        report.data.update(extra)
+    report.data.update(extra)  # fold2_* (--second-process), history_* (--history)
+    if "fold2_eps" in extra:
         ratios["fold2_vs_fold"] = ratio(extra["fold2_eps"], fold["fold_eps"])
     report.set("ratios", ratios)
     if api is not None:

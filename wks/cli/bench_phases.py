@@ -9,17 +9,19 @@
 (4) latency: events published at a fixed rate while the state consumer runs; the latency of
     an event is from just before its publish call to the moment `StateHandler.apply` returns
     for its batch, i.e. after the SQLite COMMIT (both clocks in this process). At each rate
-    the naive consumer is measured the same way right after, as the ruler.
+    the naive consumer is measured the same way right after, as the ruler. With a history
+    (`history_phase`), both files hold it first, and the events go to its executions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ class Bench:
     redis: aioredis.Redis
     workdir: Path
     run: str  # execution id prefix of this bench run
+    history: list[str] = field(default_factory=list)  # executions of `history_phase`
 
     @property
     def keys(self) -> Any:
@@ -250,31 +253,35 @@ async def _naive_loop(
                 return
             continue
         messages = reply[0][1]
-        fold: dict[str, dict[str, Any]] = {}
-        logs = []
-        for mid, fields in messages:
-            raw = fields[EVENT_FIELD]
-            ev = _decode_any.decode(raw)
-            xid = ev["executionId"]
-            s = fold.setdefault(xid, {"status": "running", "completed": 0, "step": None,
-                                      "ts": 0, "data": {}})
-            if ev["ts"] >= s["ts"]:
-                s["ts"] = ev["ts"]
-                s["status"] = ev["type"].split(".", 1)[1].replace("progress", "running")
-            s["completed"] = max(s["completed"], ev.get("completedSteps", 0))
-            s["step"] = ev.get("currentStep") or s["step"]
-            s["data"].update(ev.get("data") or {})
-            logs.append((mid, xid, ev["type"], ev["ts"], raw))
-        conn.execute("BEGIN")
-        conn.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)", logs)
-        conn.executemany(
-            "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?)",
-            [(x, s["status"], s["completed"], s["step"], s["ts"],
-              msgspec.json.encode(s["data"])) for x, s in fold.items()],
-        )
-        conn.execute("COMMIT")
+        _naive_commit(conn, [(mid, fields[EVENT_FIELD]) for mid, fields in messages])
         on_commit([m for m, _ in messages], time.perf_counter())
         await b.redis.xack(stream, group, *[m for m, _ in messages])
+
+
+def _naive_commit(conn: sqlite3.Connection, entries: list[tuple[Any, bytes]]) -> None:
+    """The naive consumer's batch: decode, dict fold, executemany, COMMIT."""
+    fold: dict[str, dict[str, Any]] = {}
+    logs = []
+    for mid, raw in entries:
+        ev = _decode_any.decode(raw)
+        xid = ev["executionId"]
+        s = fold.setdefault(xid, {"status": "running", "completed": 0, "step": None,
+                                  "ts": 0, "data": {}})
+        if ev["ts"] >= s["ts"]:
+            s["ts"] = ev["ts"]
+            s["status"] = ev["type"].split(".", 1)[1].replace("progress", "running")
+        s["completed"] = max(s["completed"], ev.get("completedSteps", 0))
+        s["step"] = ev.get("currentStep") or s["step"]
+        s["data"].update(ev.get("data") or {})
+        logs.append((mid, xid, ev["type"], ev["ts"], raw))
+    conn.execute("BEGIN")
+    conn.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)", logs)
+    conn.executemany(
+        "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?)",
+        [(x, s["status"], s["completed"], s["step"], s["ts"],
+          msgspec.json.encode(s["data"])) for x, s in fold.items()],
+    )
+    conn.execute("COMMIT")
 
 
 async def naive_phase(b: Bench, n: int) -> dict[str, Any]:
@@ -352,6 +359,53 @@ async def replay_phase(b: Bench, n: int) -> dict[str, Any]:
 # -- (4) latency ---------------------------------------------------------------------------------
 
 
+# -- (4a) a history for the latency phase --------------------------------------------------------
+
+
+async def history_phase(b: Bench, n: int) -> dict[str, Any]:
+    """Fold `n` events over n/10 executions into the latency phase's file (the store alone,
+    no stream) and into the naive ruler's, for the latency phases to send their events to.
+
+    The latency phase's own events are for new executions, whose ids sort together: a batch's
+    rows share a few pages. A deployment that has run a while gets events for executions
+    spread over a large table and its indexes, where each one touched costs a page of its
+    own in the COMMIT and in the checkpoints."""
+    executions = max(1, n // 10)
+    progress = Progress(n, "history")
+    started = time.perf_counter()
+    seen: dict[str, None] = {}
+    store = await Store.open(b.workdir / "state.db")
+    naive = _naive_db(b.workdir / "naive-latency.db")
+    try:
+        chunk: list[StreamEntry] = []
+        for i, event in enumerate(plan(n, executions, seed=4, run=f"{b.run}-h")):
+            seen[event.execution_id] = None
+            chunk.append(StreamEntry(f"1-{i}", event, encode(event)))  # older than any read
+            if len(chunk) == FOLD_BATCH or i == n - 1:
+                await store.apply_batch(chunk)
+                _naive_commit(naive, [(e.entry_id, e.raw) for e in chunk])
+                progress.update(len(chunk))
+                chunk = []
+    finally:
+        progress.close()
+        naive.close()
+        await store.close()
+    b.history = list(seen)
+    return {"history_events": n, "history_executions": len(seen),
+            "history_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _onto(events: list[WorkflowEvent], history: list[str], seed: int) -> list[WorkflowEvent]:
+    """The events, each planned execution's sent to one of `history`'s, chosen at random
+    (distinct while there are enough). Event ids stay the plan's, which no history event
+    has."""
+    planned = list(dict.fromkeys(e.execution_id for e in events))
+    rng = random.Random(seed)
+    picks = rng.sample(history, min(len(planned), len(history)))
+    onto = {eid: picks[i % len(picks)] for i, eid in enumerate(planned)}
+    return [msgspec.structs.replace(e, execution_id=onto[e.execution_id]) for e in events]
+
+
 async def latency_phase(
     b: Bench, rate: float, seconds: float, *, naive: bool = False
 ) -> dict[str, Any]:
@@ -414,6 +468,8 @@ async def latency_phase(
         # shuffled plan (20,000 events, ~80 ms) stalled the loop the consumer shares, and
         # the events in flight then waited for the bench's workload, not for wks
         events = list(plan(total, max(1, total // 10), seed=2, run=f"{b.run}-{who}{int(rate)}"))
+        if b.history:  # the same executions for both consumers: the ruler's file holds them too
+            events = _onto(events, b.history, seed=int(rate))
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(consumer)
             producer = Producer(b.redis, b.keys, buffer_size=0)
