@@ -200,16 +200,12 @@ async def state_events(request: web.Request) -> web.StreamResponse:
     execution_id = request.match_info["executionId"]
     after, wait = _wait_params(request.query)
     exists, owner = await queries.owner_of(store, execution_id)
-    if exists and not visible(principal, owner):
-        # as long as for one that does not exist, which waits for `after` if given, else for
-        # the execution to appear: the time must not tell which it is
-        if after is not None:
-            await _await_entry(request, after, wait)
-        else:
-            await wait_stop(request.app[SHUTDOWN], SSE_APPEAR_WAIT)
-        raise not_found()
     if after is not None:
         await _await_entry(request, after, wait)
+    elif exists and not visible(principal, owner):
+        # as long as for one that does not exist (state_for then says 404 for both): the
+        # time must not tell which it is
+        await wait_stop(request.app[SHUTDOWN], SSE_APPEAR_WAIT)
     elif not exists:
         # a client that subscribes right after publishing `workflow.started` would otherwise
         # race the fold and get a 404 for an execution a few ms away
