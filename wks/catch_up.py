@@ -45,9 +45,10 @@ async def unreachable(
     stream whose oldest entry is now past it lost entries after the backup: trimmed by age
     (the backup is older than `streamRetention`), or this is not the Redis the backup was
     taken against (one that came up empty holds only what was published since). A stream
-    trimmed to exactly the safe point reads the same, and is refused too (`--force`). For a
-    start that is only a time (backups from before safe points were recorded), an empty or
-    missing stream is refused, and nothing more can be told."""
+    trimmed to exactly the safe point reads the same, and is reported too. For a start that
+    is only a time (backups from before safe points were recorded), an empty or missing
+    stream is reported, and nothing more can be told. The restore goes ahead either way and
+    says so (SPEC 7 restores every event still in the stream)."""
     if start == "-":
         return None
     oldest = await redis.xrange(keys.workflow_stream, min="-", max="+", count=1)

@@ -356,10 +356,7 @@ async def replay_phase(b: Bench, n: int) -> dict[str, Any]:
     return {"replay_eps": eps(stats.applied, seconds), "replayed": stats.applied}
 
 
-# -- (4) latency ---------------------------------------------------------------------------------
-
-
-# -- (4a) a history for the latency phase --------------------------------------------------------
+# -- (4) latency, against new executions or a history -------------------------------------------
 
 
 async def history_phase(b: Bench, n: int) -> dict[str, Any]:
