@@ -17,6 +17,12 @@ def _ev(kind: str, eid: str, **fields) -> dict:
     return {"type": kind, "executionId": eid, "ts": int(time.time() * 1000), **fields}
 
 
+async def _state(client, headers: dict, eid: str) -> dict:
+    """GET /api/workflow-state/{eid} as `headers` sends it: the state object."""
+    return (await (await client.get(f"/api/workflow-state/{eid}", headers=headers)).json()
+            )["state"]
+
+
 async def test_good_events_are_published_and_bad_ones_reported(client, admin, fold, r, settings):
     """Valid events are published (202 with entry ids); invalid ones are listed by index."""
     body = [
@@ -89,7 +95,7 @@ async def test_users_write_only_their_own_executions(client, token, producer, fo
     assert [e["index"] for e in out["errors"]] == [2, 3, 4]
     assert out["errors"][0]["error"] == "execution not found"
     await fold()
-    state = (await (await client.get("/api/workflow-state/mine", headers=alice)).json())["state"]
+    state = await _state(client, alice, "mine")
     assert state["owner"] == "alice"
     assert state["progress"] == 100
 
@@ -108,7 +114,7 @@ async def test_a_user_may_start_an_execution_after_its_progress(client, token, f
     assert [e["index"] for e in out["entries"]] == [0, 1]
     assert [e["index"] for e in out["errors"]] == [2, 3]
     await fold()
-    state = (await (await client.get("/api/workflow-state/al-9", headers=alice)).json())["state"]
+    state = await _state(client, alice, "al-9")
     assert (state["owner"], state["completedSteps"]) == ("alice", 1)
 
 
@@ -137,7 +143,7 @@ async def test_an_execution_started_through_the_api_is_claimed_before_it_is_fold
         _ev("workflow.progress", "bobjob", completedSteps=1)])
     assert later.status == 202
     await fold()
-    state = (await (await client.get("/api/workflow-state/bobjob", headers=bob)).json())["state"]
+    state = await _state(client, bob, "bobjob")
     assert (state["owner"], state["data"], state["completedSteps"]) == (
         "bob", {"secret": "bob-data"}, 1)
     assert (await client.get("/api/workflow-state/bobjob", headers=alice)).status == 404
@@ -170,7 +176,7 @@ async def test_a_claim_goes_with_its_start_only(client, token, fold, producer, r
         _ev("workflow.progress", "early", completedSteps=2)])
     assert mine.status == 202
     await fold()
-    state = (await (await client.get("/api/workflow-state/early", headers=alice)).json())["state"]
+    state = await _state(client, alice, "early")
     assert (state["owner"], state["completedSteps"]) == ("alice", 2)
 
 
@@ -220,7 +226,7 @@ async def test_events_are_published_with_unknown_keys_and_judged_as_the_consumer
     sent = await r.xrange(settings.keys.workflow_stream)
     assert [json.loads(f[b"event"]) for _, f in sent] == [body[0], body[2]]
     await fold()
-    state = (await (await client.get("/api/workflow-state/kept", headers=admin)).json())["state"]
+    state = await _state(client, admin, "kept")
     assert state["status"] == "completed"
 
     alice = bearer(await token("alice", "user"))
