@@ -142,18 +142,13 @@ async def test_a_worker_for_one_group_still_trims(
 ) -> None:
     """`wks worker --group state` (or backup) runs the trimmer too: a deployment with one
     worker per group must not grow its streams without bound."""
-    import os
-    import sys
+    from tests.backup.conftest import WKS, env_for
 
     stream = settings.keys.results_stream  # no group reads it: trimmed by age alone
     ids = await old_and_new(r, stream)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WKS_")}
-    env.update({"WKS_REDIS_URL": settings.effective_redis_url(), "WKS_PREFIX": settings.prefix,
-                "WKS_DB_PATH": str(settings.db_path), "WKS_BACKUP_DIR": str(settings.backup_dir),
-                "WKS_STREAM_RETENTION": "1d", "WKS_LOG_LEVEL": "WARNING"})
     args = [arg for group in groups for arg in ("--group", group)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wks.cli.__main__", "worker", *args, "--burst", env=env,
+        *WKS, "worker", *args, "--burst", env=env_for(settings, WKS_STREAM_RETENTION="1d"),
         stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
